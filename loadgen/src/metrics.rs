@@ -1,0 +1,274 @@
+//! What one core records: HdrHistograms in microseconds and plain counters. Each core
+//! owns one `Recorder` (no atomics, no sharing on the hot path); the cores' recorders are
+//! added together at the end, which loses nothing since HdrHistograms of equal precision
+//! add bucket by bucket.
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+/// Highest trackable value: one hour in microseconds (larger values are clamped to it).
+pub const HIGHEST_US: u64 = 3_600_000_000;
+/// Significant decimal digits kept by every histogram.
+pub const SIGFIGS: u8 = 3;
+
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, HIGHEST_US, SIGFIGS).expect("static histogram bounds are valid")
+}
+
+/// Why a connection attempt failed. Network failures are retried only once a stream was
+/// open (like a browser reconnecting); HTTP-level ones are never retried, per the spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    Refused,
+    Reset,
+    Timeout,
+    BadStatus,
+    BadContentType,
+    /// The server closed the connection before a complete response head.
+    Closed,
+    /// A malformed or over-long response head.
+    Protocol,
+    /// Any other OS error (kept by message in `other_errors`).
+    Other,
+}
+
+impl FailureKind {
+    pub const ALL: [FailureKind; 8] = [
+        FailureKind::Refused,
+        FailureKind::Reset,
+        FailureKind::Timeout,
+        FailureKind::BadStatus,
+        FailureKind::BadContentType,
+        FailureKind::Closed,
+        FailureKind::Protocol,
+        FailureKind::Other,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureKind::Refused => "refused",
+            FailureKind::Reset => "reset",
+            FailureKind::Timeout => "timeout",
+            FailureKind::BadStatus => "bad_status",
+            FailureKind::BadContentType => "bad_content_type",
+            FailureKind::Closed => "closed",
+            FailureKind::Protocol => "protocol",
+            FailureKind::Other => "other",
+        }
+    }
+
+    /// HTTP-level failures "fail the connection" for good.
+    pub fn is_final(self) -> bool {
+        matches!(self, FailureKind::BadStatus | FailureKind::BadContentType | FailureKind::Protocol)
+    }
+
+    pub fn of_io(e: &std::io::Error) -> FailureKind {
+        use std::io::ErrorKind::*;
+        match e.kind() {
+            ConnectionRefused => FailureKind::Refused,
+            ConnectionReset | ConnectionAborted | BrokenPipe => FailureKind::Reset,
+            TimedOut => FailureKind::Timeout,
+            UnexpectedEof => FailureKind::Closed,
+            _ => FailureKind::Other,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Connection attempts, first ones and reconnections.
+    pub attempted: u64,
+    /// Streams currently open (a gauge; summed over cores and hosts).
+    pub open: u64,
+    /// Most streams open at once on this core (summed over cores: an upper bound).
+    pub peak_open: u64,
+    /// Streams that got a 200 `text/event-stream` head.
+    pub opened: u64,
+    /// Failed attempts by kind.
+    pub failed: BTreeMap<FailureKind, u64>,
+    /// Messages of `other` failures, with their counts.
+    pub other_errors: BTreeMap<String, u64>,
+    pub events: u64,
+    /// Response body bytes (after de-chunking).
+    pub bytes: u64,
+    /// Ids skipped between two events of one connection.
+    pub missed_ids: u64,
+    /// Events whose id was not above the connection's previous one.
+    pub duplicates: u64,
+    /// Events with no numeric id (no delivery latency or gap check for them).
+    pub unnumbered_events: u64,
+    /// Events received before their scheduled time (clock skew; recorded as 0 latency).
+    pub early_events: u64,
+    /// Streams that ended after a 200 (server closed, reset, bad body framing).
+    pub streams_ended: u64,
+    pub reconnects: u64,
+}
+
+impl Counters {
+    pub fn fail(&mut self, kind: FailureKind, message: Option<String>) {
+        *self.failed.entry(kind).or_default() += 1;
+        if let Some(m) = message {
+            *self.other_errors.entry(m).or_default() += 1;
+        }
+    }
+
+    pub fn failed_total(&self) -> u64 {
+        self.failed.values().sum()
+    }
+
+    pub fn add(&mut self, o: &Counters) {
+        self.attempted += o.attempted;
+        self.open += o.open;
+        self.peak_open += o.peak_open;
+        self.opened += o.opened;
+        for (k, v) in &o.failed {
+            *self.failed.entry(*k).or_default() += v;
+        }
+        for (k, v) in &o.other_errors {
+            *self.other_errors.entry(k.clone()).or_default() += v;
+        }
+        self.events += o.events;
+        self.bytes += o.bytes;
+        self.missed_ids += o.missed_ids;
+        self.duplicates += o.duplicates;
+        self.unnumbered_events += o.unnumbered_events;
+        self.early_events += o.early_events;
+        self.streams_ended += o.streams_ended;
+        self.reconnects += o.reconnects;
+    }
+}
+
+/// The histograms, by the names used in reports and result files.
+#[derive(Debug, Clone)]
+pub struct Histograms {
+    /// TCP connect, from the attempt's start.
+    pub connect: Histogram<u64>,
+    /// Complete response head, from the attempt's start.
+    pub headers: Histogram<u64>,
+    /// First event, from the attempt's start.
+    pub first_event: Histogram<u64>,
+    /// Receive time minus the event's scheduled time (id x interval since the epoch).
+    pub delivery: Histogram<u64>,
+    /// Time between two events of one connection.
+    pub gap: Histogram<u64>,
+}
+
+impl Default for Histograms {
+    fn default() -> Self {
+        Histograms {
+            connect: new_histogram(),
+            headers: new_histogram(),
+            first_event: new_histogram(),
+            delivery: new_histogram(),
+            gap: new_histogram(),
+        }
+    }
+}
+
+impl Histograms {
+    pub const NAMES: [&'static str; 5] = ["connect", "headers", "first_event", "delivery", "gap"];
+
+    pub fn by_name(&self, name: &str) -> Option<&Histogram<u64>> {
+        Some(match name {
+            "connect" => &self.connect,
+            "headers" => &self.headers,
+            "first_event" => &self.first_event,
+            "delivery" => &self.delivery,
+            "gap" => &self.gap,
+            _ => return None,
+        })
+    }
+
+    pub fn by_name_mut(&mut self, name: &str) -> Option<&mut Histogram<u64>> {
+        Some(match name {
+            "connect" => &mut self.connect,
+            "headers" => &mut self.headers,
+            "first_event" => &mut self.first_event,
+            "delivery" => &mut self.delivery,
+            "gap" => &mut self.gap,
+            _ => return None,
+        })
+    }
+
+    pub fn add(&mut self, o: &Histograms) {
+        for name in Self::NAMES {
+            let (mine, theirs) = (self.by_name_mut(name), o.by_name(name));
+            if let (Some(mine), Some(theirs)) = (mine, theirs) {
+                mine.add(theirs).expect("histograms share bounds");
+            }
+        }
+    }
+}
+
+/// Records a microsecond value, clamping to the trackable range.
+pub fn record(h: &mut Histogram<u64>, us: u64) {
+    h.saturating_record(us.clamp(1, HIGHEST_US));
+}
+
+/// One core's measurements.
+#[derive(Debug, Clone, Default)]
+pub struct Recorder {
+    pub counters: Counters,
+    pub histograms: Histograms,
+}
+
+impl Recorder {
+    pub fn add(&mut self, o: &Recorder) {
+        self.counters.add(&o.counters);
+        self.histograms.add(&o.histograms);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorders_add_without_loss() {
+        let mut a = Recorder::default();
+        let mut b = Recorder::default();
+        for v in 1..=1000 {
+            record(&mut a.histograms.delivery, v);
+            record(&mut b.histograms.delivery, v + 1000);
+        }
+        a.counters.events = 1000;
+        b.counters.events = 1000;
+        a.counters.fail(FailureKind::Refused, None);
+        b.counters.fail(FailureKind::Refused, None);
+        b.counters.fail(FailureKind::Other, Some("EMFILE".into()));
+        let mut all = Recorder::default();
+        all.add(&a);
+        all.add(&b);
+        let mut direct = new_histogram();
+        for v in 1..=2000 {
+            record(&mut direct, v);
+        }
+        assert_eq!(all.histograms.delivery, direct);
+        assert_eq!(all.counters.events, 2000);
+        assert_eq!(all.counters.failed[&FailureKind::Refused], 2);
+        assert_eq!(all.counters.failed_total(), 3);
+        assert_eq!(all.counters.other_errors["EMFILE"], 1);
+    }
+
+    #[test]
+    fn out_of_range_values_are_clamped() {
+        let mut h = new_histogram();
+        record(&mut h, 0);
+        record(&mut h, u64::MAX);
+        assert_eq!(h.len(), 2);
+        assert_eq!(h.min(), 1);
+        assert!(h.max() >= HIGHEST_US);
+    }
+
+    #[test]
+    fn io_errors_are_classified() {
+        use std::io::{Error, ErrorKind};
+        assert_eq!(FailureKind::of_io(&Error::from(ErrorKind::ConnectionRefused)), FailureKind::Refused);
+        assert_eq!(FailureKind::of_io(&Error::from(ErrorKind::ConnectionReset)), FailureKind::Reset);
+        assert_eq!(FailureKind::of_io(&Error::from(ErrorKind::TimedOut)), FailureKind::Timeout);
+        assert_eq!(FailureKind::of_io(&Error::from_raw_os_error(libc::EMFILE)), FailureKind::Other);
+    }
+}

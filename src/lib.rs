@@ -1,0 +1,29 @@
+//! ringcast: a thread-per-core io_uring Server-Sent-Events server.
+//!
+//! Each worker thread runs its own monoio runtime pinned to a core, accepts on its own
+//! SO_REUSEPORT listener, and keeps its SSE streams in a slab that one timer per core walks once
+//! per tick, writing a frame encoded once to every stream. See README.md for the behaviour and
+//! `src/streams.rs` for the hot path.
+//!
+//! Modules, from the wire inwards:
+//! - [`config`]: flags and their validation;
+//! - [`http`]: request parsing, classification and the canned responses;
+//! - [`sse`]: the tick clock, frame encoding, the stream's response head;
+//! - [`conn`]: a connection from accept until it becomes a stream;
+//! - [`streams`]: the per-core slab and the tick walk;
+//! - [`worker`]: one pinned runtime (driver choice, accept loop);
+//! - [`server`]: start-up, banner, shutdown;
+//! - [`net`], [`metrics`]: sockets and fd limits, per-worker counters.
+
+pub mod config;
+pub mod conn;
+pub mod http;
+pub mod metrics;
+pub mod net;
+pub mod server;
+pub mod sse;
+pub mod streams;
+pub mod worker;
+
+pub use config::{Args, Config};
+pub use server::Server;

@@ -1,0 +1,245 @@
+//! Starting, running and stopping the whole server: the fd limit and the stream capacity that
+//! follows from it, the listeners, one worker thread per core, the start-up banner and the
+//! shutdown summary.
+//!
+//! [`Server::start`] returns once every worker is serving (or with the first worker's error), so
+//! the caller knows the bound address and the drivers that actually run.
+
+use std::net::SocketAddr;
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use futures::channel::oneshot;
+
+use crate::config::Config;
+use crate::metrics::{Snapshot, WorkerStats};
+use crate::net::{self, FdLimit};
+use crate::streams::StreamCap;
+use crate::worker::{self, Started};
+
+/// A running server.
+pub struct Server {
+    addr: SocketAddr,
+    cfg: Arc<Config>,
+    fd_limit: FdLimit,
+    cap: Arc<StreamCap>,
+    workers: Vec<Running>,
+    started: Vec<Started>,
+    exited: mpsc::Receiver<usize>,
+}
+
+struct Running {
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+    stats: Arc<WorkerStats>,
+}
+
+/// Totals at shutdown.
+#[derive(Debug, Clone, Copy)]
+pub struct Summary {
+    pub totals: Snapshot,
+    /// Workers that had not finished within the grace period.
+    pub stragglers: usize,
+}
+
+impl Server {
+    /// Raises the fd limit, binds the listeners and starts the workers.
+    pub fn start(mut cfg: Config) -> Result<Server, String> {
+        let fd_limit =
+            net::raise_fd_limit().map_err(|e| format!("cannot read the fd limit: {e}"))?;
+        let capacity = fd_limit.soft.saturating_sub(net::reserved_fds(cfg.workers)) as usize;
+        let max_streams = match cfg.max_streams {
+            Some(n) => {
+                if n > capacity {
+                    tracing::warn!(
+                        max_streams = n,
+                        capacity,
+                        "--max-streams exceeds what the open-files limit allows; accepts will fail with EMFILE before the cap"
+                    );
+                }
+                n
+            }
+            None => capacity,
+        };
+        cfg.max_streams = Some(max_streams);
+        let cfg = Arc::new(cfg);
+
+        let listeners = net::bind_listeners(cfg.listen, cfg.workers, cfg.backlog)
+            .map_err(|e| format!("--listen {}: {e}", cfg.listen))?;
+        let addr = listeners[0]
+            .local_addr()
+            .map_err(|e| format!("cannot read the bound address: {e}"))?;
+
+        let cores = if cfg.pin {
+            core_affinity::get_core_ids().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        if cfg.pin && cores.is_empty() {
+            tracing::warn!("cannot list the CPU cores; workers run unpinned");
+        }
+        let cap = Arc::new(StreamCap::new(max_streams));
+        let (started_tx, started_rx) = mpsc::channel();
+        let (exited_tx, exited) = mpsc::channel();
+        let mut workers = Vec::with_capacity(cfg.workers);
+        for (id, listener) in listeners.into_iter().enumerate() {
+            let (stop_tx, stop_rx) = oneshot::channel();
+            let stats = Arc::new(WorkerStats::default());
+            let spec = worker::Spec {
+                id,
+                core: (!cores.is_empty()).then(|| cores[id % cores.len()]),
+                listener,
+                cfg: cfg.clone(),
+                cap: cap.clone(),
+                stats: stats.clone(),
+                started: started_tx.clone(),
+                stop: stop_rx,
+            };
+            let exited_tx = exited_tx.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("ringcast-w{id}"))
+                .spawn(move || {
+                    worker::run(spec);
+                    let _ = exited_tx.send(id);
+                })
+                .map_err(|e| format!("cannot start worker thread {id}: {e}"))?;
+            workers.push(Running {
+                stop: Some(stop_tx),
+                thread: Some(thread),
+                stats,
+            });
+        }
+        drop(started_tx);
+
+        let mut started = Vec::with_capacity(workers.len());
+        let mut server = Server {
+            addr,
+            cfg,
+            fd_limit,
+            cap,
+            workers,
+            started: Vec::new(),
+            exited,
+        };
+        for _ in 0..server.workers.len() {
+            match started_rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(Ok(s)) => started.push(s),
+                Ok(Err(e)) => {
+                    server.stop();
+                    return Err(e);
+                }
+                Err(_) => {
+                    server.stop();
+                    return Err("a worker did not start within 10 s".into());
+                }
+            }
+        }
+        started.sort_by_key(|s| s.id);
+        server.started = started;
+        Ok(server)
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn workers(&self) -> &[Started] {
+        &self.started
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn fd_limit(&self) -> FdLimit {
+        self.fd_limit
+    }
+
+    pub fn max_streams(&self) -> usize {
+        self.cap.max()
+    }
+
+    /// Streams open now, over all workers.
+    pub fn streams_open(&self) -> usize {
+        self.cap.open()
+    }
+
+    /// Counters summed over the workers, now.
+    pub fn totals(&self) -> Snapshot {
+        let mut t = Snapshot::default();
+        for w in &self.workers {
+            t += w.stats.snapshot();
+        }
+        t
+    }
+
+    /// Logs the start-up banner.
+    pub fn log_banner(&self) {
+        let cfg = &self.cfg;
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            kernel = %net::kernel_release(),
+            workers = cfg.workers,
+            interval = %humantime::format_duration(cfg.interval),
+            "ringcast starting"
+        );
+        for w in &self.started {
+            let core = w.core.map_or("unpinned".to_string(), |c| c.to_string());
+            match &w.fallback {
+                Some(why) => tracing::warn!(worker = w.id, core = %core, driver = %w.driver,
+                    "io_uring unavailable, fell back to epoll: {why}"),
+                None => {
+                    tracing::info!(worker = w.id, core = %core, driver = %w.driver, "worker serving")
+                }
+            }
+        }
+        tracing::info!(
+            fd_soft = self.fd_limit.soft,
+            fd_hard = self.fd_limit.hard,
+            max_streams = self.cap.max(),
+            "open-files limit raised to the hard limit; at most {} streams (raise `ulimit -Hn` for more)",
+            self.cap.max()
+        );
+        tracing::info!("listening on http://{}", self.addr);
+    }
+
+    /// Blocks until one worker thread exits on its own (which only an error makes it do).
+    pub fn wait_worker_exit(&self, timeout: Duration) -> Option<usize> {
+        self.exited.recv_timeout(timeout).ok()
+    }
+
+    /// Stops accepting, closes every stream and joins the workers, waiting at most 1.5 s.
+    pub fn stop(&mut self) -> Summary {
+        for w in &mut self.workers {
+            if let Some(stop) = w.stop.take() {
+                let _ = stop.send(());
+            }
+        }
+        let deadline = Instant::now() + Duration::from_millis(1500);
+        let mut stragglers = 0;
+        for w in &mut self.workers {
+            let Some(t) = w.thread.take() else { continue };
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                stragglers += 1;
+            }
+        }
+        Summary {
+            totals: self.totals(),
+            stragglers,
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.workers.iter().any(|w| w.stop.is_some()) {
+            self.stop();
+        }
+    }
+}

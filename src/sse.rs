@@ -1,0 +1,175 @@
+//! The Server-Sent-Events wire format: the tick clock, the per-tick frame and the stream's
+//! response head.
+//!
+//! A frame is encoded once per tick into a shared [`Bytes`] that every stream's write borrows;
+//! nothing here runs per stream. Tick ids are whole intervals since the Unix epoch, so every core
+//! (and every restart) agrees on them and a client can tell when an event was due from its id.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// The wall clock, cut into intervals.
+#[derive(Clone, Copy, Debug)]
+pub struct TickClock {
+    interval_ms: u64,
+}
+
+impl TickClock {
+    pub fn new(interval: Duration) -> Self {
+        let interval_ms = (interval.as_millis() as u64).max(1);
+        TickClock { interval_ms }
+    }
+
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms)
+    }
+
+    /// The first tick strictly after `now`, and how long until it is due.
+    pub fn next_after(&self, now: SystemTime) -> (u64, Duration) {
+        let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let ms = since.as_millis() as u64;
+        let tick = ms / self.interval_ms + 1;
+        let due = Duration::from_millis(tick * self.interval_ms);
+        (tick, due.saturating_sub(since))
+    }
+
+    /// When tick `id` was due.
+    pub fn due(&self, tick: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(tick * self.interval_ms)
+    }
+}
+
+/// Encodes the events of one configured payload.
+#[derive(Clone, Debug)]
+pub struct FrameEncoder {
+    event: String,
+    data_lines: Vec<String>,
+}
+
+impl FrameEncoder {
+    /// `event` must not contain CR, LF or NUL (the config checks it); `data` may span lines.
+    pub fn new(event: &str, data: &str) -> Self {
+        FrameEncoder {
+            event: event.to_owned(),
+            data_lines: split_lines(data),
+        }
+    }
+
+    /// `id: <id>\nevent: <event>\ndata: <line>\n…\n`.
+    pub fn encode(&self, id: u64) -> Bytes {
+        let data_len: usize = self.data_lines.iter().map(|l| l.len() + 7).sum();
+        let mut b = BytesMut::with_capacity(32 + self.event.len() + data_len);
+        b.put_slice(b"id: ");
+        b.put_slice(id.to_string().as_bytes());
+        b.put_slice(b"\nevent: ");
+        b.put_slice(self.event.as_bytes());
+        b.put_u8(b'\n');
+        for line in &self.data_lines {
+            b.put_slice(b"data: ");
+            b.put_slice(line.as_bytes());
+            b.put_u8(b'\n');
+        }
+        b.put_u8(b'\n');
+        b.freeze()
+    }
+}
+
+/// Splits data on CRLF, CR and LF, the three line ends an SSE parser recognises, so that each
+/// line becomes its own `data:` field and the client joins them back with LF.
+pub fn split_lines(data: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut rest = data;
+    loop {
+        match rest.find(['\r', '\n']) {
+            None => {
+                lines.push(rest.to_owned());
+                return lines;
+            }
+            Some(i) => {
+                lines.push(rest[..i].to_owned());
+                let skip = if rest[i..].starts_with("\r\n") { 2 } else { 1 };
+                rest = &rest[i + skip..];
+            }
+        }
+    }
+}
+
+/// The response head of a stream, ended by the blank line (which workerman 4.x forgot), plus the
+/// optional `retry:` field that the stream opens with.
+pub fn stream_head(allow_origin: Option<&str>, credentials: bool, retry: Option<u64>) -> Bytes {
+    let mut b = BytesMut::with_capacity(320);
+    b.put_slice(
+        b"HTTP/1.1 200 OK\r\n\
+          Content-Type: text/event-stream\r\n\
+          Cache-Control: no-cache\r\n\
+          Connection: keep-alive\r\n\
+          X-Accel-Buffering: no\r\n",
+    );
+    if let Some(origin) = allow_origin {
+        b.put_slice(b"Access-Control-Allow-Origin: ");
+        b.put_slice(origin.as_bytes());
+        b.put_slice(b"\r\n");
+    }
+    if credentials {
+        b.put_slice(b"Access-Control-Allow-Credentials: true\r\nVary: Origin\r\n");
+    }
+    b.put_slice(b"Access-Control-Allow-Methods: *\r\nAccess-Control-Allow-Headers: *\r\n\r\n");
+    if let Some(ms) = retry {
+        b.put_slice(format!("retry: {ms}\n\n").as_bytes());
+    }
+    b.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_is_the_seeds_event_with_a_tick_id() {
+        let f = FrameEncoder::new("message", "hello").encode(881_234);
+        assert_eq!(&f[..], b"id: 881234\nevent: message\ndata: hello\n\n");
+    }
+
+    #[test]
+    fn multi_line_data_becomes_several_data_fields() {
+        let f = FrameEncoder::new("e", "a\nb\r\nc\rd").encode(1);
+        assert_eq!(
+            &f[..],
+            b"id: 1\nevent: e\ndata: a\ndata: b\ndata: c\ndata: d\n\n"
+        );
+        let f = FrameEncoder::new("e", "").encode(2);
+        assert_eq!(&f[..], b"id: 2\nevent: e\ndata: \n\n");
+        let f = FrameEncoder::new("e", "x\n").encode(3);
+        assert_eq!(&f[..], b"id: 3\nevent: e\ndata: x\ndata: \n\n");
+    }
+
+    #[test]
+    fn ticks_are_whole_intervals_since_the_epoch() {
+        let c = TickClock::new(Duration::from_millis(250));
+        let now = UNIX_EPOCH + Duration::from_millis(1_000_100);
+        let (tick, wait) = c.next_after(now);
+        assert_eq!(tick, 4001);
+        assert_eq!(wait, Duration::from_millis(150));
+        assert_eq!(c.due(tick), UNIX_EPOCH + Duration::from_millis(1_000_250));
+        // exactly on a boundary: the next one, a whole interval away
+        let (tick, wait) = c.next_after(UNIX_EPOCH + Duration::from_millis(1_000_000));
+        assert_eq!((tick, wait), (4001, Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn head_ends_with_a_blank_line_and_carries_retry_after_it() {
+        let h = stream_head(Some("*"), false, Some(1500));
+        let s = std::str::from_utf8(&h).unwrap();
+        let (head, body) = s.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"));
+        assert!(head.contains("\r\nAccess-Control-Allow-Origin: *"));
+        assert!(!head.contains("Credentials"));
+        assert_eq!(body, "retry: 1500\n\n");
+        let h = stream_head(Some("https://a"), true, None);
+        assert!(h.ends_with(b"Access-Control-Allow-Headers: *\r\n\r\n"));
+        assert!(std::str::from_utf8(&h)
+            .unwrap()
+            .contains("Access-Control-Allow-Credentials: true\r\n"));
+    }
+}

@@ -1,0 +1,248 @@
+//! One worker: a thread pinned to a core, running its own monoio runtime, accepting on its own
+//! SO_REUSEPORT listener and walking its own streams. Workers share nothing on the hot path but
+//! the stream cap (touched when a stream opens or closes, never per tick).
+//!
+//! The driver is chosen here, per worker, because a ring can fail to build on one thread even
+//! after the probe passed (monoio's FusionDriver only falls back when its probe fails).
+
+use std::fmt;
+use std::io;
+use std::rc::Rc;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use futures::channel::oneshot;
+use futures::future::{select, Either};
+use monoio::time::TimeDriver;
+use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
+
+use crate::config::{Config, DriverChoice};
+use crate::conn::{self, Core};
+use crate::metrics::WorkerStats;
+use crate::sse::{FrameEncoder, TickClock};
+use crate::streams::{StreamCap, Streams, Walker};
+
+type Runtime = monoio::FusionRuntime<TimeDriver<IoUringDriver>, TimeDriver<LegacyDriver>>;
+
+/// The io driver a worker actually runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Driver {
+    IoUring,
+    Epoll,
+}
+
+impl fmt::Display for Driver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Driver::IoUring => "io_uring",
+            Driver::Epoll => "epoll",
+        })
+    }
+}
+
+/// What a worker reports once it is serving.
+#[derive(Clone, Debug)]
+pub struct Started {
+    pub id: usize,
+    pub driver: Driver,
+    pub core: Option<usize>,
+    /// Why `--driver auto` fell back to epoll, if it did.
+    pub fallback: Option<String>,
+}
+
+/// Everything a worker thread needs.
+pub struct Spec {
+    pub id: usize,
+    pub core: Option<core_affinity::CoreId>,
+    pub listener: std::net::TcpListener,
+    pub cfg: Arc<Config>,
+    pub cap: Arc<StreamCap>,
+    pub stats: Arc<WorkerStats>,
+    pub started: mpsc::Sender<Result<Started, String>>,
+    pub stop: oneshot::Receiver<()>,
+}
+
+/// Why io_uring cannot be used here, if it cannot.
+pub fn uring_unavailable() -> Option<String> {
+    if let Err(e) = io_uring::IoUring::new(8) {
+        let why = match e.raw_os_error() {
+            Some(libc::EPERM) => {
+                " (blocked: seccomp, e.g. Docker >= 25, or kernel.io_uring_disabled)"
+            }
+            Some(libc::ENOSYS) => " (not in this kernel, or blocked by seccomp, e.g. podman)",
+            _ => "",
+        };
+        let sysctl = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+            .map(|v| format!("; kernel.io_uring_disabled={}", v.trim()))
+            .unwrap_or_default();
+        return Some(format!("io_uring_setup failed: {e}{why}{sysctl}"));
+    }
+    if !monoio::utils::detect_uring() {
+        return Some(
+            "the kernel lacks io_uring opcodes monoio needs (kernel >= 5.7 required)".into(),
+        );
+    }
+    None
+}
+
+fn build_uring(entries: u32) -> io::Result<Runtime> {
+    RuntimeBuilder::<IoUringDriver>::new()
+        .with_entries(entries)
+        .enable_timer()
+        .build()
+        .map(Into::into)
+}
+
+fn build_epoll() -> io::Result<Runtime> {
+    RuntimeBuilder::<LegacyDriver>::new()
+        .enable_timer()
+        .build()
+        .map(Into::into)
+}
+
+/// Builds the runtime `choice` asks for: (runtime, driver, why auto fell back).
+fn build_runtime(
+    choice: DriverChoice,
+    entries: u32,
+) -> Result<(Runtime, Driver, Option<String>), String> {
+    let epoll = |fallback: Option<String>| {
+        build_epoll()
+            .map(|rt| (rt, Driver::Epoll, fallback))
+            .map_err(|e| format!("cannot build the epoll runtime: {e}"))
+    };
+    match choice {
+        DriverChoice::Epoll => epoll(None),
+        DriverChoice::Uring => {
+            if let Some(why) = uring_unavailable() {
+                return Err(format!("--driver uring: io_uring is unavailable: {why}"));
+            }
+            build_uring(entries)
+                .map(|rt| (rt, Driver::IoUring, None))
+                .map_err(|e| {
+                    format!("--driver uring: cannot build a ring of {entries} entries: {e}")
+                })
+        }
+        DriverChoice::Auto => match uring_unavailable() {
+            Some(why) => epoll(Some(why)),
+            None => match build_uring(entries) {
+                Ok(rt) => Ok((rt, Driver::IoUring, None)),
+                Err(e) => epoll(Some(format!(
+                    "cannot build a ring of {entries} entries: {e}"
+                ))),
+            },
+        },
+    }
+}
+
+/// Runs a worker on the current thread until told to stop.
+pub fn run(spec: Spec) {
+    let Spec {
+        id,
+        core,
+        listener,
+        cfg,
+        cap,
+        stats,
+        started,
+        stop,
+    } = spec;
+    let pinned = core
+        .filter(|c| core_affinity::set_for_current(*c))
+        .map(|c| c.id);
+    if core.is_some() && pinned.is_none() {
+        tracing::warn!(worker = id, "could not pin to a core; running unpinned");
+    }
+    let (mut rt, driver, fallback) = match build_runtime(cfg.driver, cfg.ring_entries) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = started.send(Err(e));
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let listener = match monoio::net::TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = started.send(Err(format!(
+                    "worker {id}: cannot register the listener: {e}"
+                )));
+                return;
+            }
+        };
+        let running = if monoio::utils::is_legacy() {
+            Driver::Epoll
+        } else {
+            Driver::IoUring
+        };
+        debug_assert_eq!(running, driver);
+        let _ = started.send(Ok(Started {
+            id,
+            driver: running,
+            core: pinned,
+            fallback,
+        }));
+
+        let streams = Rc::new(Streams::new(cap.clone(), stats.clone()));
+        let core = Rc::new(Core::new(cfg.clone(), streams.clone(), cap, stats.clone()));
+        let walker = Walker::new(
+            streams.clone(),
+            stats.clone(),
+            TickClock::new(cfg.interval),
+            FrameEncoder::new(&cfg.event, &cfg.data),
+            cfg.max_inflight,
+            cfg.max_skips,
+        );
+        let accepting = std::pin::pin!(accept_loop(id, listener, core));
+        let walking = std::pin::pin!(walker.run());
+        let serving = select(accepting, walking);
+        // Shutdown drops the accept loop, the listener and every in-flight write with it.
+        if let Either::Right(_) = select(stop, serving).await {
+            tracing::error!(worker = id, "worker stopped serving unexpectedly");
+        }
+        streams.close_all();
+    });
+}
+
+/// Accepts forever. Never wrapped in a timeout: monoio 0.2.4 can leak the fd of an accept that is
+/// cancelled as it completes. Resource errors (EMFILE and friends) back off and retry, so a full
+/// fd table degrades service instead of spinning.
+async fn accept_loop(id: usize, listener: monoio::net::TcpListener, core: Rc<Core>) {
+    let mut last_warn: Option<std::time::Instant> = None;
+    let mut suppressed = 0u64;
+    loop {
+        match listener.accept().await {
+            Ok((stream, _peer)) => {
+                monoio::spawn(conn::serve(core.clone(), stream));
+            }
+            Err(e) => {
+                core.stats.inc(&core.stats.accept_errors);
+                let resource = matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                );
+                if last_warn.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    tracing::warn!(
+                        worker = id,
+                        error = %e,
+                        suppressed,
+                        streams = core.cap.open(),
+                        "accept failed{}",
+                        if resource { "; backing off (raise `ulimit -n` or lower --max-streams)" } else { "" }
+                    );
+                    last_warn = Some(std::time::Instant::now());
+                    suppressed = 0;
+                } else {
+                    suppressed += 1;
+                }
+                let pause = match e.raw_os_error() {
+                    _ if resource => 50,
+                    Some(libc::ECONNABORTED | libc::EINTR | libc::EAGAIN) => 0,
+                    _ => 5, // unknown: never spin on it
+                };
+                if pause > 0 {
+                    monoio::time::sleep(Duration::from_millis(pause)).await;
+                }
+            }
+        }
+    }
+}
