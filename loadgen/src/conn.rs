@@ -1,0 +1,360 @@
+//! One EventSource connection's life, as a browser would live it: connect, send the GET,
+//! check the response head, parse the stream, and after the stream ends wait the
+//! reconnection time and reconnect with `Last-Event-ID`. Failures are classified and
+//! counted on the core's recorder; HTTP-level ones end the connection for good.
+//!
+//! Memory per connection is what this task holds: the socket, a small read buffer (it grows
+//! only while a response head does not fit, and shrinks back), the parser and a few
+//! fields. Every timestamp is taken once per read, not per event.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+
+use crate::engine::Core;
+use crate::http::{self, Framing, HeadError, Target};
+use crate::metrics::{record, FailureKind, Recorder};
+use crate::parser::{Event, Parser};
+
+/// Largest response head accepted.
+pub const MAX_HEAD: usize = 16 * 1024;
+
+/// Per-connection state that survives reconnections.
+struct Conn {
+    parser: Parser,
+    /// Highest numeric id seen.
+    last_id: Option<u64>,
+    last_event_at: Option<Instant>,
+    ever_open: bool,
+}
+
+enum AttemptEnd {
+    Failed(FailureKind, Option<String>),
+    /// The stream ended after a 200: reconnect.
+    StreamEnded,
+    /// The run is over.
+    Stopped,
+}
+
+fn failed_io(e: io::Error) -> AttemptEnd {
+    let kind = FailureKind::of_io(&e);
+    let message = (kind == FailureKind::Other).then(|| e.to_string());
+    AttemptEnd::Failed(kind, message)
+}
+
+/// Runs connection number `k` of the plan until the end or a final failure.
+pub async fn run(core: Rc<Core>, k: usize) {
+    let plan = core.plan.clone();
+    let target = &plan.targets[k % plan.targets.len()];
+    let source = (!plan.sources.is_empty())
+        .then(|| plan.sources[(k / plan.targets.len()) % plan.sources.len()]);
+    let mut conn = Conn {
+        parser: Parser::default(),
+        last_id: None,
+        last_event_at: None,
+        ever_open: false,
+    };
+    let mut buf = Vec::with_capacity(plan.read_buffer);
+    loop {
+        let end = attempt(&core, target, source, &mut conn, &mut buf).await;
+        if core.stopping.get() {
+            break;
+        }
+        match end {
+            AttemptEnd::Stopped => break,
+            AttemptEnd::StreamEnded => core.rec.borrow_mut().counters.streams_ended += 1,
+            AttemptEnd::Failed(kind, message) => {
+                core.rec.borrow_mut().counters.fail(kind, message);
+                if kind.is_final() || !conn.ever_open {
+                    break;
+                }
+            }
+        }
+        let delay = conn.parser.retry_ms().map_or(plan.retry_default, Duration::from_millis);
+        let at = Instant::now().checked_add(delay).unwrap_or(plan.end).min(plan.end);
+        monoio::time::sleep_until(monoio::time::Instant::from_std(at)).await;
+        if core.stopping.get() || Instant::now() >= plan.end {
+            break;
+        }
+        core.rec.borrow_mut().counters.reconnects += 1;
+    }
+    core.tasks.set(core.tasks.get() - 1);
+}
+
+/// Keeps a socket in the core's slab while it is open, so the end can shut it down.
+struct Registered<'a> {
+    core: &'a Core,
+    key: usize,
+}
+
+impl<'a> Registered<'a> {
+    fn new(core: &'a Core, fd: RawFd) -> Self {
+        let key = core.sockets.borrow_mut().insert(fd);
+        Registered { core, key }
+    }
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.core.sockets.borrow_mut().remove(self.key);
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+async fn attempt(
+    core: &Core,
+    target: &Target,
+    source: Option<IpAddr>,
+    conn: &mut Conn,
+    buf: &mut Vec<u8>,
+) -> AttemptEnd {
+    let plan = &core.plan;
+    core.rec.borrow_mut().counters.attempted += 1;
+    let started = Instant::now();
+    let mut stream = match monoio::time::timeout(plan.connect_timeout, connect(target.addr, source)).await {
+        Err(_) => return AttemptEnd::Failed(FailureKind::Timeout, None),
+        Ok(Err(e)) => return failed_io(e),
+        Ok(Ok(s)) => s,
+    };
+    record(&mut core.rec.borrow_mut().histograms.connect, micros(started.elapsed()));
+    let _registered = Registered::new(core, stream.as_raw_fd());
+    if core.stopping.get() {
+        return AttemptEnd::Stopped;
+    }
+    let _ = stream.set_nodelay(true);
+    let (res, _) = stream.write_all(target.request(conn.parser.last_event_id())).await;
+    if let Err(e) = res {
+        return failed_io(e);
+    }
+
+    // Response head.
+    let head_deadline = monoio::time::Instant::from_std(Instant::now() + plan.connect_timeout);
+    buf.clear();
+    let head = loop {
+        if buf.len() == buf.capacity() {
+            if buf.capacity() >= MAX_HEAD {
+                return AttemptEnd::Failed(FailureKind::Protocol, None);
+            }
+            buf.reserve(buf.capacity().max(64));
+        }
+        let (len, cap) = (buf.len(), buf.capacity());
+        let read = stream.read(std::mem::take(buf).slice_mut(len..cap));
+        let (res, slice) = match monoio::time::timeout_at(head_deadline, read).await {
+            Ok(r) => r,
+            Err(_) => {
+                *buf = Vec::with_capacity(plan.read_buffer);
+                return AttemptEnd::Failed(FailureKind::Timeout, None);
+            }
+        };
+        *buf = slice.into_inner();
+        match res {
+            Ok(0) if core.stopping.get() => return AttemptEnd::Stopped,
+            Ok(0) => return AttemptEnd::Failed(FailureKind::Closed, None),
+            Ok(_) => {}
+            Err(e) => return failed_io(e),
+        }
+        match http::parse_head(buf) {
+            Ok(head) => break head,
+            Err(HeadError::Partial) => continue,
+            Err(HeadError::Status(_)) => return AttemptEnd::Failed(FailureKind::BadStatus, None),
+            Err(HeadError::ContentType) => return AttemptEnd::Failed(FailureKind::BadContentType, None),
+            Err(HeadError::Malformed) => return AttemptEnd::Failed(FailureKind::Protocol, None),
+        }
+    };
+    {
+        let mut rec = core.rec.borrow_mut();
+        record(&mut rec.histograms.headers, micros(started.elapsed()));
+        let c = &mut rec.counters;
+        c.opened += 1;
+        c.open += 1;
+        c.peak_open = c.peak_open.max(c.open);
+    }
+    if let Some(server) = head.server {
+        core.server_banner.borrow_mut().get_or_insert(server);
+    }
+    conn.ever_open = true;
+
+    let mut stream_state = StreamState {
+        framing: head.framing,
+        started,
+        first_event_pending: true,
+    };
+    let mut done = feed(core, conn, &mut stream_state, &buf[head.len..]);
+    if buf.capacity() > plan.read_buffer {
+        *buf = Vec::with_capacity(plan.read_buffer);
+    }
+    while !done {
+        buf.clear();
+        let (res, b) = stream.read(std::mem::take(buf)).await;
+        *buf = b;
+        done = match res {
+            Ok(0) | Err(_) => true,
+            Ok(n) => feed(core, conn, &mut stream_state, &buf[..n]),
+        };
+    }
+    core.rec.borrow_mut().counters.open -= 1;
+    conn.parser.end_of_stream();
+    if core.stopping.get() {
+        AttemptEnd::Stopped
+    } else {
+        AttemptEnd::StreamEnded
+    }
+}
+
+struct StreamState {
+    framing: Framing,
+    started: Instant,
+    first_event_pending: bool,
+}
+
+/// Hands one read's bytes to the framing and the parser; returns whether the stream is over
+/// (body complete or unusable).
+fn feed(core: &Core, conn: &mut Conn, st: &mut StreamState, bytes: &[u8]) -> bool {
+    if bytes.is_empty() {
+        return false;
+    }
+    let plan = &core.plan;
+    let now = Instant::now();
+    let wall_us = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| micros(d));
+    let measuring = now >= plan.measure_from;
+    let mut rec = core.rec.borrow_mut();
+    let rec = &mut *rec;
+    let Conn {
+        parser,
+        last_id,
+        last_event_at,
+        ..
+    } = conn;
+    let first_event_pending = &mut st.first_event_pending;
+    let started = st.started;
+    let result = st.framing.decode(bytes, |body| {
+        rec.counters.bytes += body.len() as u64;
+        parser.feed(body, |e: Event<'_>| {
+            on_event(rec, e, now, wall_us, measuring, plan.interval_us, last_id, last_event_at);
+            if *first_event_pending {
+                *first_event_pending = false;
+                record(&mut rec.histograms.first_event, micros(now - started));
+            }
+        })
+    });
+    // A body error or an over-long line ends the stream like a network error would.
+    result.unwrap_or(true)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn on_event(
+    rec: &mut Recorder,
+    e: Event<'_>,
+    now: Instant,
+    wall_us: u64,
+    measuring: bool,
+    interval_us: u64,
+    last_id: &mut Option<u64>,
+    last_event_at: &mut Option<Instant>,
+) {
+    let c = &mut rec.counters;
+    c.events += 1;
+    match e.last_event_id.parse::<u64>() {
+        Ok(id) => {
+            let scheduled = id.saturating_mul(interval_us);
+            let latency = wall_us.checked_sub(scheduled).unwrap_or_else(|| {
+                c.early_events += 1;
+                0
+            });
+            if measuring {
+                record(&mut rec.histograms.delivery, latency);
+            }
+            match *last_id {
+                Some(prev) if id == prev + 1 => {}
+                Some(prev) if id > prev => c.missed_ids += id - prev - 1,
+                Some(_) => c.duplicates += 1,
+                None => {}
+            }
+            if last_id.is_none_or(|prev| id > prev) {
+                *last_id = Some(id);
+            }
+        }
+        Err(_) => c.unnumbered_events += 1,
+    }
+    if let (Some(prev), true) = (*last_event_at, measuring) {
+        record(&mut rec.histograms.gap, micros(now - prev));
+    }
+    *last_event_at = Some(now);
+}
+
+/// TCP connect, bound to `source` when given. monoio's own connect is used when no source
+/// is needed; otherwise the socket is made, bound and connected non-blocking by hand and
+/// handed to monoio once writable (io_uring wants blocking sockets, epoll non-blocking).
+async fn connect(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect_addr(addr).await;
+    };
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    socket.set_nonblocking(true)?;
+    // Let the kernel pick the port at connect time, per (source, destination) pair, so
+    // one source address serves several destinations.
+    let one: libc::c_int = 1;
+    // SAFETY: valid fd, option value of the right size.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    socket.bind(&SocketAddr::new(source, 0).into())?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let std_stream: std::net::TcpStream = socket.into();
+    let stream = TcpStream::from_std(std_stream)?;
+    stream.writable(false).await?;
+    let mut err: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: valid fd and out-pointers of the right size.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut err as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if err != 0 {
+        return Err(io::Error::from_raw_os_error(err));
+    }
+    if !monoio::utils::is_legacy() {
+        set_blocking(stream.as_raw_fd())?;
+    }
+    Ok(stream)
+}
+
+fn set_blocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a valid fd.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}

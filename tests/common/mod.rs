@@ -1,0 +1,301 @@
+//! Test harness: runs the real `ringcast` binary on port 0 and talks to it over real sockets.
+//!
+//! The server's stderr is collected line by line (so its pipe never fills) and searched for the
+//! `listening on http://ADDR` line of the banner. Client helpers are plain blocking sockets with
+//! timeouts: every wait in the tests is bounded, and nothing asserts on speed.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Generous bound for anything that should happen "soon" on a loaded 2-core machine.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Generates one test per driver for each listed `fn name(driver: &str)`.
+#[macro_export]
+macro_rules! both_drivers {
+    ($($name:ident),* $(,)?) => {
+        mod uring {
+            $( #[test] fn $name() { super::$name("uring") } )*
+        }
+        mod epoll {
+            $( #[test] fn $name() { super::$name("epoll") } )*
+        }
+    };
+}
+
+pub struct TestServer {
+    child: Child,
+    pub addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl TestServer {
+    /// Starts the server with `--driver <driver>` and `args`, waiting for its banner.
+    pub fn start(driver: &str, args: &[&str]) -> TestServer {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+            .args(["--listen", "127.0.0.1:0", "--workers", "2", "--driver", driver])
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ringcast");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut server = TestServer {
+            child,
+            addr: "0.0.0.0:0".parse().unwrap(),
+            log,
+        };
+        let line = server
+            .wait_log("listening on http://", PATIENCE)
+            .unwrap_or_else(|| panic!("no banner; log:\n{}", server.log_text()));
+        let addr = line.rsplit("http://").next().unwrap().trim();
+        server.addr = addr.parse().expect("address in banner");
+        let want = if driver == "uring" { "io_uring" } else { "epoll" };
+        let workers = server
+            .log_lines()
+            .iter()
+            .filter(|l| l.contains(&format!("driver={want}")))
+            .count();
+        assert_eq!(workers, 2, "both workers run {want}; log:\n{}", server.log_text());
+        server
+    }
+
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log_lines().join("\n")
+    }
+
+    /// Waits for a log line containing `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.log_lines().into_iter().find(|l| l.contains(needle)) {
+                return Some(l);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGTERM, wait for exit, and return the value of `key=` in the "stopped" summary line.
+    pub fn stop_and_summary(&mut self) -> Summary {
+        self.signal(libc::SIGTERM);
+        let status = self.wait_exit(PATIENCE).expect("server exits after SIGTERM");
+        assert!(status.success(), "exit status {status}; log:\n{}", self.log_text());
+        let line = self
+            .wait_log(" stopped ", Duration::from_secs(2))
+            .unwrap_or_else(|| panic!("no summary; log:\n{}", self.log_text()));
+        Summary(line)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The shutdown summary line.
+pub struct Summary(pub String);
+
+impl Summary {
+    pub fn get(&self, key: &str) -> u64 {
+        let pat = format!("{key}=");
+        let at = self.0.find(&pat).unwrap_or_else(|| panic!("{key} in {}", self.0));
+        self.0[at + pat.len()..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+}
+
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// Sends `raw` and reads one complete response (head + Content-Length body, or until close).
+pub fn request(addr: SocketAddr, raw: &[u8]) -> String {
+    let mut s = connect(addr);
+    s.write_all(raw).unwrap();
+    read_response(&mut s)
+}
+
+/// Reads one response whose body is framed by Content-Length (or runs to EOF).
+pub fn read_response(s: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) => buf.push(byte[0]),
+            Err(e) => panic!("reading a response after {:?}: {e}", String::from_utf8_lossy(&buf)),
+        }
+    }
+    let head = String::from_utf8_lossy(&buf).to_string();
+    let len = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()));
+    let is_head_or_204 = head.starts_with("HTTP/1.1 204");
+    let mut body = vec![0u8; len.unwrap_or(0)];
+    if !is_head_or_204 {
+        s.read_exact(&mut body).unwrap();
+    }
+    head + &String::from_utf8_lossy(&body)
+}
+
+/// An SSE client: the socket plus what was read past the response head.
+pub struct SseClient {
+    pub stream: TcpStream,
+    pub head: String,
+    pending: Vec<u8>,
+}
+
+/// One event as the tests see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: Vec<String>,
+    pub retry: Option<String>,
+}
+
+impl Event {
+    pub fn id_num(&self) -> u64 {
+        self.id.as_deref().expect("event has an id").parse().expect("numeric id")
+    }
+}
+
+impl SseClient {
+    pub fn open(addr: SocketAddr, extra_headers: &str) -> SseClient {
+        let stream = connect(addr);
+        let req = format!(
+            "GET /events HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n{extra_headers}\r\n"
+        );
+        Self::open_with(stream, &req)
+    }
+
+    pub fn open_with(mut stream: TcpStream, raw_request: &str) -> SseClient {
+        stream.write_all(raw_request.as_bytes()).unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let end = loop {
+            if let Some(i) = find(&buf, b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = stream.read(&mut chunk).expect("read the response head");
+            assert!(n > 0, "closed before the head: {:?}", String::from_utf8_lossy(&buf));
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        SseClient {
+            head: String::from_utf8_lossy(&buf[..end]).to_string(),
+            pending: buf[end..].to_vec(),
+            stream,
+        }
+    }
+
+    /// Reads the next event (a block ended by a blank line); `None` on EOF.
+    pub fn next_event(&mut self) -> Option<Event> {
+        let mut chunk = [0u8; 16384];
+        loop {
+            if let Some(i) = find(&self.pending, b"\n\n") {
+                let block: Vec<u8> = self.pending.drain(..i + 2).collect();
+                return Some(parse_block(&block[..i]));
+            }
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.pending.extend_from_slice(&chunk[..n]),
+                Err(e) => panic!("reading events: {e}"),
+            }
+        }
+    }
+
+    /// Reads events until `n` tick events (with an id) arrived.
+    pub fn ticks(&mut self, n: usize) -> Vec<Event> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            let e = self.next_event().expect("stream still open");
+            if e.id.is_some() {
+                out.push(e);
+            }
+        }
+        out
+    }
+}
+
+fn parse_block(block: &[u8]) -> Event {
+    let mut e = Event { id: None, event: None, data: Vec::new(), retry: None };
+    for line in String::from_utf8_lossy(block).split('\n') {
+        let (k, v) = line.split_once(": ").unwrap_or((line, ""));
+        match k {
+            "id" => e.id = Some(v.into()),
+            "event" => e.event = Some(v.into()),
+            "data" => e.data.push(v.into()),
+            "retry" => e.retry = Some(v.into()),
+            _ => panic!("unexpected line {line:?}"),
+        }
+    }
+    e
+}
+
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Asserts that ids increase by exactly one.
+pub fn assert_consecutive(events: &[Event]) {
+    for w in events.windows(2) {
+        assert_eq!(w[1].id_num(), w[0].id_num() + 1, "consecutive ids: {events:?}");
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
