@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-both_drivers!(ok_keep_alive_and_pipelining, bad_input_gets_its_status_and_streams_go_on);
+both_drivers!(
+    ok_keep_alive_and_pipelining,
+    bad_input_gets_its_status_and_streams_go_on
+);
 
 const OK: &str = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok";
 
@@ -27,32 +30,46 @@ fn ok_keep_alive_and_pipelining(driver: &str) {
         assert_eq!(read_response(&mut s), OK);
     }
     // the same connection serves more requests: a body split across writes, then HEAD
-    s.write_all(b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n01234").unwrap();
+    s.write_all(b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n01234")
+        .unwrap();
     std::thread::sleep(Duration::from_millis(50));
-    s.write_all(b"56789HEAD / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s.write_all(b"56789HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     assert_eq!(read_response(&mut s), OK);
     let mut head = [0u8; 64];
     s.read_exact(&mut head).unwrap();
     assert_eq!(&head[..], &OK.as_bytes()[..64]);
     // Connection: close is honoured
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
     let r = read_response(&mut s);
-    assert!(r.starts_with("HTTP/1.1 200 OK\r\n") && r.contains("Connection: close"), "{r}");
+    assert!(
+        r.starts_with("HTTP/1.1 200 OK\r\n") && r.contains("Connection: close"),
+        "{r}"
+    );
     let mut rest = Vec::new();
     s.read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty());
 
     // HTTP/1.0: closed after the answer unless asked to keep it
     let r = request(server.addr, b"GET / HTTP/1.0\r\n\r\n");
-    assert!(r.ends_with("\r\n\r\nok") && r.contains("Connection: close"), "{r}");
+    assert!(
+        r.ends_with("\r\n\r\nok") && r.contains("Connection: close"),
+        "{r}"
+    );
     let mut s = connect(server.addr);
-    s.write_all(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .unwrap();
     assert!(read_response(&mut s).contains("Connection: keep-alive"));
-    s.write_all(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .unwrap();
     assert!(read_response(&mut s).ends_with("ok"));
 
     // A GET that does not ask for a stream is `ok`; a non-GET that does, too.
-    let r = request(server.addr, b"POST / HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nContent-Length: 0\r\n\r\n");
+    let r = request(
+        server.addr,
+        b"POST / HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nContent-Length: 0\r\n\r\n",
+    );
     assert_eq!(r, OK);
 }
 
@@ -62,7 +79,9 @@ fn status_of(addr: std::net::SocketAddr, raw: &[u8]) -> u16 {
     let mut s = connect(addr);
     s.write_all(raw).unwrap();
     let r = read_response(&mut s);
-    let status = r[9..12].parse().unwrap_or_else(|_| panic!("status in {r:?}"));
+    let status = r[9..12]
+        .parse()
+        .unwrap_or_else(|_| panic!("status in {r:?}"));
     assert!(r.contains("Connection: close\r\n"), "{r}");
     let mut rest = Vec::new();
     let _ = s.read_to_end(&mut rest); // EOF (or a reset) after the error response
@@ -72,12 +91,22 @@ fn status_of(addr: std::net::SocketAddr, raw: &[u8]) -> u16 {
 fn bad_input_gets_its_status_and_streams_go_on(driver: &str) {
     let mut server = TestServer::start(
         driver,
-        &["--interval", "100ms", "--header-timeout", "1s", "--max-body", "1000"],
+        &[
+            "--interval",
+            "100ms",
+            "--header-timeout",
+            "1s",
+            "--max-body",
+            "1000",
+        ],
     );
     let mut watcher = SseClient::open(server.addr, "");
     let mut seen = watcher.ticks(1);
     let addr = server.addr;
-    let big_header = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(9000));
+    let big_header = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(9000)
+    );
     let many: String = (0..70).map(|i| format!("X-H{i}: v\r\n")).collect();
     let many_headers = format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n");
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
@@ -109,7 +138,10 @@ fn bad_input_gets_its_status_and_streams_go_on(driver: &str) {
     let mut silent = connect(addr);
     let r = read_response(&mut silent);
     assert!(r.starts_with("HTTP/1.1 408 "), "{r}");
-    assert!(started.elapsed() >= Duration::from_millis(900), "not before the timeout");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "not before the timeout"
+    );
     // The watcher never missed a tick.
     seen.extend(watcher.ticks(2));
     assert_consecutive(&seen);

@@ -60,21 +60,39 @@ fn frames_carry_consecutive_wall_clock_ids(driver: &str) {
     assert_consecutive(&events);
     // ids count whole intervals since the Unix epoch: the last one is due by now, and not long ago.
     let last = events.last().unwrap().id_num();
-    assert!(last <= now_tick, "id {last} is in the future (now {now_tick})");
-    assert!(now_tick - last < 100, "id {last} is far behind the clock ({now_tick})");
+    assert!(
+        last <= now_tick,
+        "id {last} is in the future (now {now_tick})"
+    );
+    assert!(
+        now_tick - last < 100,
+        "id {last} is far behind the clock ({now_tick})"
+    );
     // the raw frame, byte for byte
     let mut raw = SseClient::open(server.addr, "");
     let mut buf = [0u8; 256];
     let n = raw.stream.read(&mut buf).unwrap();
     let text = String::from_utf8_lossy(&buf[..n]);
-    let id = text.strip_prefix("id: ").unwrap().split('\n').next().unwrap();
+    let id = text
+        .strip_prefix("id: ")
+        .unwrap()
+        .split('\n')
+        .next()
+        .unwrap();
     assert_eq!(text, format!("id: {id}\nevent: message\ndata: hello\n\n"));
 }
 
 fn event_and_multiline_data_flags(driver: &str) {
     let server = TestServer::start(
         driver,
-        &["--interval", "100ms", "--event", "tick", "--data", "one\ntwo\r\nthree"],
+        &[
+            "--interval",
+            "100ms",
+            "--event",
+            "tick",
+            "--data",
+            "one\ntwo\r\nthree",
+        ],
     );
     let mut c = SseClient::open(server.addr, "");
     let e = &c.ticks(1)[0];
@@ -106,15 +124,22 @@ fn cors_origin_list(driver: &str) {
     let server = TestServer::start(
         driver,
         &[
-            "--interval", "100ms",
-            "--cors-origin", "http://allowed.example",
-            "--cors-origin", "http://other.example:3000",
+            "--interval",
+            "100ms",
+            "--cors-origin",
+            "http://allowed.example",
+            "--cors-origin",
+            "http://other.example:3000",
         ],
     );
     let mut c = SseClient::open(server.addr, "Origin: http://allowed.example\r\n");
     assert!(c.head.starts_with("HTTP/1.1 200 OK\r\n"), "{}", c.head);
-    assert!(c.head.contains("\r\nAccess-Control-Allow-Origin: http://allowed.example\r\n"));
-    assert!(c.head.contains("\r\nAccess-Control-Allow-Credentials: true\r\n"));
+    assert!(c
+        .head
+        .contains("\r\nAccess-Control-Allow-Origin: http://allowed.example\r\n"));
+    assert!(c
+        .head
+        .contains("\r\nAccess-Control-Allow-Credentials: true\r\n"));
     assert!(!c.head.contains("Allow-Origin: *"));
     c.ticks(1);
 
@@ -147,7 +172,10 @@ fn closed_clients_are_removed_and_free_their_place(driver: &str) {
         c.ticks(1);
     }
     // At the cap: 503 with Retry-After.
-    let busy = request(server.addr, b"GET / HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n");
+    let busy = request(
+        server.addr,
+        b"GET / HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n",
+    );
     assert!(busy.starts_with("HTTP/1.1 503 "), "{busy}");
     assert!(busy.contains("\r\nRetry-After: 1\r\n"), "{busy}");
 
@@ -183,7 +211,16 @@ fn non_reading_client_is_dropped_after_skips(driver: &str) {
     let data = "x".repeat(100_000);
     let mut server = TestServer::start(
         driver,
-        &["--interval", "50ms", "--data", &data, "--max-skips", "3", "--log", "info,ringcast::streams=debug"],
+        &[
+            "--interval",
+            "50ms",
+            "--data",
+            &data,
+            "--max-skips",
+            "3",
+            "--log",
+            "info,ringcast::streams=debug",
+        ],
     );
     let mut reader = SseClient::open(server.addr, "");
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
@@ -198,7 +235,10 @@ fn non_reading_client_is_dropped_after_skips(driver: &str) {
     let mut received = Vec::new();
     while !server.log_text().contains("why=SkipsExceeded") {
         received.extend(reader.ticks(1));
-        assert!(Instant::now() < deadline, "the non-reading client was never dropped");
+        assert!(
+            Instant::now() < deadline,
+            "the non-reading client was never dropped"
+        );
     }
     // Its connection was reset: reading on ends in an error or EOF, not in more events forever.
     stuck.set_read_timeout(Some(PATIENCE)).unwrap();

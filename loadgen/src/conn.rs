@@ -76,8 +76,14 @@ pub async fn run(core: Rc<Core>, k: usize) {
                 }
             }
         }
-        let delay = conn.parser.retry_ms().map_or(plan.retry_default, Duration::from_millis);
-        let at = Instant::now().checked_add(delay).unwrap_or(plan.end).min(plan.end);
+        let delay = conn
+            .parser
+            .retry_ms()
+            .map_or(plan.retry_default, Duration::from_millis);
+        let at = Instant::now()
+            .checked_add(delay)
+            .unwrap_or(plan.end)
+            .min(plan.end);
         monoio::time::sleep_until(monoio::time::Instant::from_std(at)).await;
         if core.stopping.get() || Instant::now() >= plan.end {
             break;
@@ -120,18 +126,24 @@ async fn attempt(
     let plan = &core.plan;
     core.rec.borrow_mut().counters.attempted += 1;
     let started = Instant::now();
-    let mut stream = match monoio::time::timeout(plan.connect_timeout, connect(target.addr, source)).await {
-        Err(_) => return AttemptEnd::Failed(FailureKind::Timeout, None),
-        Ok(Err(e)) => return failed_io(e),
-        Ok(Ok(s)) => s,
-    };
-    record(&mut core.rec.borrow_mut().histograms.connect, micros(started.elapsed()));
+    let mut stream =
+        match monoio::time::timeout(plan.connect_timeout, connect(target.addr, source)).await {
+            Err(_) => return AttemptEnd::Failed(FailureKind::Timeout, None),
+            Ok(Err(e)) => return failed_io(e),
+            Ok(Ok(s)) => s,
+        };
+    record(
+        &mut core.rec.borrow_mut().histograms.connect,
+        micros(started.elapsed()),
+    );
     let _registered = Registered::new(core, stream.as_raw_fd());
     if core.stopping.get() {
         return AttemptEnd::Stopped;
     }
     let _ = stream.set_nodelay(true);
-    let (res, _) = stream.write_all(target.request(conn.parser.last_event_id())).await;
+    let (res, _) = stream
+        .write_all(target.request(conn.parser.last_event_id()))
+        .await;
     if let Err(e) = res {
         return failed_io(e);
     }
@@ -166,7 +178,9 @@ async fn attempt(
             Ok(head) => break head,
             Err(HeadError::Partial) => continue,
             Err(HeadError::Status(_)) => return AttemptEnd::Failed(FailureKind::BadStatus, None),
-            Err(HeadError::ContentType) => return AttemptEnd::Failed(FailureKind::BadContentType, None),
+            Err(HeadError::ContentType) => {
+                return AttemptEnd::Failed(FailureKind::BadContentType, None)
+            }
             Err(HeadError::Malformed) => return AttemptEnd::Failed(FailureKind::Protocol, None),
         }
     };
@@ -241,7 +255,16 @@ fn feed(core: &Core, conn: &mut Conn, st: &mut StreamState, bytes: &[u8]) -> boo
     let result = st.framing.decode(bytes, |body| {
         rec.counters.bytes += body.len() as u64;
         parser.feed(body, |e: Event<'_>| {
-            on_event(rec, e, now, wall_us, measuring, plan.interval_us, last_id, last_event_at);
+            on_event(
+                rec,
+                e,
+                now,
+                wall_us,
+                measuring,
+                plan.interval_us,
+                last_id,
+                last_event_at,
+            );
             if *first_event_pending {
                 *first_event_pending = false;
                 record(&mut rec.histograms.first_event, micros(now - started));
@@ -300,7 +323,11 @@ async fn connect(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStre
     let Some(source) = source else {
         return TcpStream::connect_addr(addr).await;
     };
-    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
     socket.set_nonblocking(true)?;
     // Let the kernel pick the port at connect time, per (source, destination) pair, so
     // one source address serves several destinations.

@@ -85,7 +85,9 @@ pub struct Live {
 impl Live {
     pub fn new(cores: usize) -> Live {
         Live {
-            slots: (0..cores).map(|_| Mutex::new(Snapshot::default())).collect(),
+            slots: (0..cores)
+                .map(|_| Mutex::new(Snapshot::default()))
+                .collect(),
         }
     }
 
@@ -94,7 +96,10 @@ impl Live {
         for slot in &self.slots {
             let s = slot.lock().unwrap_or_else(|e| e.into_inner());
             total.counters.add(&s.counters);
-            total.delivery.add(&s.delivery).expect("histograms share bounds");
+            total
+                .delivery
+                .add(&s.delivery)
+                .expect("histograms share bounds");
         }
         total
     }
@@ -250,7 +255,11 @@ async fn run_core(index: usize, plan: Arc<Plan>, live: Arc<Live>) -> CoreResult 
     let server_banner = core.server_banner.borrow().clone();
     CoreResult {
         recorder,
-        driver: if monoio::utils::is_legacy() { "epoll" } else { "uring" },
+        driver: if monoio::utils::is_legacy() {
+            "epoll"
+        } else {
+            "uring"
+        },
         server_banner,
         unfinished: core.tasks.get(),
     }

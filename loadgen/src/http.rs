@@ -10,7 +10,6 @@ use std::net::{SocketAddr, ToSocketAddrs};
 /// Where connections go: resolved once at startup.
 #[derive(Debug, Clone)]
 pub struct Target {
-    pub url: String,
     pub addr: SocketAddr,
     /// `Host` header value (the URL's authority).
     pub host: String,
@@ -42,7 +41,6 @@ impl Target {
             .next()
             .ok_or_else(|| format!("{url:?}: host has no address"))?;
         Ok(Target {
-            url: url.to_string(),
             addr,
             host: authority.to_string(),
             path,

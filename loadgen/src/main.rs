@@ -1,5 +1,7 @@
 //! ringcast-loadgen: opens many EventSource-like connections to an SSE server and measures
-//! what it delivers. The binary is a thin shell over the modules below.
+//! what it delivers. This file is the orchestration only: check the config, start the
+//! cores, print the status line each second, take the resource samples at the start and
+//! end of the hold, then add the cores' recorders up and report.
 
 mod cli;
 mod conn;
@@ -7,5 +9,231 @@ mod engine;
 mod http;
 mod metrics;
 mod parser;
+mod probe;
+mod report;
+mod result;
 
-fn main() {}
+use std::io::{IsTerminal, Write as _};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser as _;
+
+use cli::{Cli, Command, MergeArgs, RunArgs};
+use engine::{Live, Plan};
+use metrics::Recorder;
+use result::{Resources, Run, RunResult, Server};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Some(Command::Merge(args)) => merge(args),
+        None => run(cli.run),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ringcast-loadgen: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn write_outputs(result: &RunResult, out: Option<&Path>, hgrm: Option<&Path>) -> Result<(), String> {
+    if let Some(path) = out {
+        result.save(path)?;
+    }
+    if let Some(path) = hgrm {
+        let histograms = result.decode_histograms()?;
+        std::fs::write(path, report::hgrm(&histograms.delivery)).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn merge(args: MergeArgs) -> Result<(), String> {
+    let parts = args.files.iter().map(|f| RunResult::load(f)).collect::<Result<Vec<_>, _>>()?;
+    let merged = RunResult::merge(parts)?;
+    print!("{}", report::final_report(&merged));
+    write_outputs(&merged, args.out.as_deref(), args.hgrm.as_deref())
+}
+
+/// Raises the open-files soft limit to the hard limit; returns the limit in force.
+fn raise_nofile() -> u64 {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(_) => rlimit::Resource::NOFILE.get().map_or(0, |(soft, _)| soft),
+    }
+}
+
+fn validate(args: &RunArgs) -> Result<(), String> {
+    if args.urls.is_empty() {
+        return Err("give at least one --url (for example --url http://127.0.0.1:8080/)".into());
+    }
+    if args.connections == 0 {
+        return Err("--connections must be at least 1".into());
+    }
+    if !(args.rate.is_finite() && args.rate > 0.0) {
+        return Err("--rate must be a positive number".into());
+    }
+    if args.interval.is_zero() {
+        return Err("--interval must be positive".into());
+    }
+    if args.read_buffer < 64 {
+        return Err("--read-buffer must be at least 64 bytes".into());
+    }
+    if args.threads == Some(0) {
+        return Err("--threads must be at least 1".into());
+    }
+    Ok(())
+}
+
+fn run(args: RunArgs) -> Result<(), String> {
+    validate(&args)?;
+    let targets = args
+        .urls
+        .iter()
+        .map(|u| http::Target::parse(u))
+        .collect::<Result<Vec<_>, _>>()?;
+    let nofile = raise_nofile();
+    // Leave room for the runtime's own descriptors (rings, eventfds, files).
+    let headroom = 64;
+    if (args.connections as u64).saturating_add(headroom) > nofile {
+        eprintln!(
+            "ringcast-loadgen: warning: {} connections need more open files than the limit {nofile} allows; \
+             expect 'other' failures (Too many open files)",
+            args.connections
+        );
+    }
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = threads.min(args.connections);
+    let mut environment = probe::environment(args.label.clone());
+
+    let start = Instant::now() + Duration::from_millis(200);
+    let ramp = Duration::from_secs_f64(args.connections as f64 / args.rate);
+    let ramp_end = start + ramp;
+    let plan = Arc::new(Plan {
+        targets,
+        sources: args.source_addrs.clone().map(|s| s.0).unwrap_or_default(),
+        connections: args.connections,
+        rate: args.rate,
+        threads,
+        driver: args.driver,
+        ring_entries: args.ring_entries,
+        start,
+        ramp_end,
+        measure_from: ramp_end + args.warmup,
+        end: ramp_end + args.duration,
+        interval_us: u64::try_from(args.interval.as_micros()).unwrap_or(u64::MAX),
+        retry_default: args.retry_default,
+        connect_timeout: args.connect_timeout,
+        read_buffer: args.read_buffer,
+    });
+    let live = Arc::new(Live::new(threads));
+    let handles = engine::start(plan.clone(), live.clone())?;
+    let mut resources = Resources {
+        server_pid: args.server_pid,
+        baseline: probe::sample(args.server_pid, 0, 0),
+        ..Resources::default()
+    };
+
+    monitor(&args, &plan, &live, &mut resources);
+
+    let mut recorder = Recorder::default();
+    let mut drivers = Vec::new();
+    let mut banner = None;
+    let mut unfinished = 0;
+    for h in handles {
+        let core = h.join().map_err(|_| "a core thread panicked".to_string())?;
+        recorder.add(&core.recorder);
+        drivers.push(core.driver);
+        banner = banner.or(core.server_banner);
+        unfinished += core.unfinished;
+    }
+    drivers.dedup();
+    environment.loadgen_driver = if drivers.len() == 1 { drivers[0].to_string() } else { "mixed".into() };
+    environment.loadgen_threads = threads;
+    resources.derive();
+
+    let notes = vec![format!(
+        "delivery latency is receive time minus the event's scheduled time (id x {} ms since the Unix epoch); \
+         it is only meaningful when the server and the loadgen share a clock (one host, or synced clocks) \
+         and --interval matches the server's",
+        args.interval.as_secs_f64() * 1e3
+    )];
+    let config = serde_json::to_value(&args).map_err(|e| e.to_string())?;
+    let run = Run {
+        environment,
+        config,
+        server: Server {
+            banner,
+            urls: args.urls.clone(),
+        },
+        resources,
+        unfinished_connections: unfinished,
+    };
+    let result = RunResult::new(vec![run], recorder.counters, &recorder.histograms, notes);
+    print!("{}", report::final_report(&result));
+    write_outputs(&result, args.out.as_deref(), args.hgrm.as_deref())
+}
+
+/// Prints the status line each second (and a progress bar during the ramp on a terminal)
+/// and takes the resource samples, until the run's end.
+fn monitor(args: &RunArgs, plan: &Plan, live: &Live, resources: &mut Resources) {
+    let tty = std::io::stderr().is_terminal() && !args.quiet;
+    let mut last_status = Instant::now();
+    let mut last_events = 0u64;
+    let mut bar_drawn = false;
+    // The end-of-hold sample is taken a little before the end, while everything is open.
+    let hold_end_at = plan.end.checked_sub(Duration::from_millis(600)).unwrap_or(plan.end).max(plan.ramp_end);
+    loop {
+        let now = Instant::now();
+        if now >= plan.end {
+            break;
+        }
+        let in_ramp = now < plan.ramp_end;
+        let step = if tty && in_ramp { Duration::from_millis(100) } else { Duration::from_millis(250) };
+        std::thread::sleep(step.min(plan.end - now));
+        let now = Instant::now();
+        let snap = live.total();
+        if resources.hold_start.is_none() && now >= plan.ramp_end {
+            resources.hold_start = Some(probe::sample(args.server_pid, snap.counters.open, snap.counters.events));
+        }
+        if resources.hold_end.is_none() && now >= hold_end_at {
+            resources.hold_end = Some(probe::sample(args.server_pid, snap.counters.open, snap.counters.events));
+        }
+        if tty && in_ramp {
+            eprint!("{}", report::progress_bar(snap.counters.open, plan.connections, 40));
+            let _ = std::io::stderr().flush();
+            bar_drawn = true;
+        }
+        let since = now.duration_since(last_status);
+        if !args.quiet && since >= Duration::from_secs(1) {
+            if bar_drawn {
+                eprintln!();
+                bar_drawn = false;
+            }
+            let rate = (snap.counters.events.saturating_sub(last_events)) as f64 / since.as_secs_f64();
+            let phase = if now < plan.ramp_end {
+                "ramp"
+            } else if now < plan.measure_from {
+                "warm"
+            } else {
+                "hold"
+            };
+            let elapsed = now.saturating_duration_since(plan.start).as_secs_f64();
+            eprintln!(
+                "{}",
+                report::status_line(elapsed, phase, &snap.counters, plan.connections, rate, &snap.delivery)
+            );
+            last_status = now;
+            last_events = snap.counters.events;
+        }
+    }
+    if bar_drawn {
+        eprintln!();
+    }
+}

@@ -62,7 +62,10 @@ impl FailureKind {
 
     /// HTTP-level failures "fail the connection" for good.
     pub fn is_final(self) -> bool {
-        matches!(self, FailureKind::BadStatus | FailureKind::BadContentType | FailureKind::Protocol)
+        matches!(
+            self,
+            FailureKind::BadStatus | FailureKind::BadContentType | FailureKind::Protocol
+        )
     }
 
     pub fn of_io(e: &std::io::Error) -> FailureKind {
@@ -266,9 +269,21 @@ mod tests {
     #[test]
     fn io_errors_are_classified() {
         use std::io::{Error, ErrorKind};
-        assert_eq!(FailureKind::of_io(&Error::from(ErrorKind::ConnectionRefused)), FailureKind::Refused);
-        assert_eq!(FailureKind::of_io(&Error::from(ErrorKind::ConnectionReset)), FailureKind::Reset);
-        assert_eq!(FailureKind::of_io(&Error::from(ErrorKind::TimedOut)), FailureKind::Timeout);
-        assert_eq!(FailureKind::of_io(&Error::from_raw_os_error(libc::EMFILE)), FailureKind::Other);
+        assert_eq!(
+            FailureKind::of_io(&Error::from(ErrorKind::ConnectionRefused)),
+            FailureKind::Refused
+        );
+        assert_eq!(
+            FailureKind::of_io(&Error::from(ErrorKind::ConnectionReset)),
+            FailureKind::Reset
+        );
+        assert_eq!(
+            FailureKind::of_io(&Error::from(ErrorKind::TimedOut)),
+            FailureKind::Timeout
+        );
+        assert_eq!(
+            FailureKind::of_io(&Error::from_raw_os_error(libc::EMFILE)),
+            FailureKind::Other
+        );
     }
 }

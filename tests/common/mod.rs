@@ -38,7 +38,14 @@ impl TestServer {
     /// Starts the server with `--driver <driver>` and `args`, waiting for its banner.
     pub fn start(driver: &str, args: &[&str]) -> TestServer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
-            .args(["--listen", "127.0.0.1:0", "--workers", "2", "--driver", driver])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--workers",
+                "2",
+                "--driver",
+                driver,
+            ])
             .args(args)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
@@ -65,13 +72,22 @@ impl TestServer {
             .unwrap_or_else(|| panic!("no banner; log:\n{}", server.log_text()));
         let addr = line.rsplit("http://").next().unwrap().trim();
         server.addr = addr.parse().expect("address in banner");
-        let want = if driver == "uring" { "io_uring" } else { "epoll" };
+        let want = match driver {
+            "uring" => "io_uring",
+            "epoll" => "epoll",
+            _ => return server,
+        };
         let workers = server
             .log_lines()
             .iter()
             .filter(|l| l.contains(&format!("driver={want}")))
             .count();
-        assert_eq!(workers, 2, "both workers run {want}; log:\n{}", server.log_text());
+        assert_eq!(
+            workers,
+            2,
+            "both workers run {want}; log:\n{}",
+            server.log_text()
+        );
         server
     }
 
@@ -122,8 +138,14 @@ impl TestServer {
     /// SIGTERM, wait for exit, and return the value of `key=` in the "stopped" summary line.
     pub fn stop_and_summary(&mut self) -> Summary {
         self.signal(libc::SIGTERM);
-        let status = self.wait_exit(PATIENCE).expect("server exits after SIGTERM");
-        assert!(status.success(), "exit status {status}; log:\n{}", self.log_text());
+        let status = self
+            .wait_exit(PATIENCE)
+            .expect("server exits after SIGTERM");
+        assert!(
+            status.success(),
+            "exit status {status}; log:\n{}",
+            self.log_text()
+        );
         let line = self
             .wait_log(" stopped ", Duration::from_secs(2))
             .unwrap_or_else(|| panic!("no summary; log:\n{}", self.log_text()));
@@ -144,7 +166,10 @@ pub struct Summary(pub String);
 impl Summary {
     pub fn get(&self, key: &str) -> u64 {
         let pat = format!("{key}=");
-        let at = self.0.find(&pat).unwrap_or_else(|| panic!("{key} in {}", self.0));
+        let at = self
+            .0
+            .find(&pat)
+            .unwrap_or_else(|| panic!("{key} in {}", self.0));
         self.0[at + pat.len()..]
             .split(|c: char| !c.is_ascii_digit())
             .next()
@@ -176,13 +201,18 @@ pub fn read_response(s: &mut TcpStream) -> String {
         match s.read(&mut byte) {
             Ok(0) => break,
             Ok(_) => buf.push(byte[0]),
-            Err(e) => panic!("reading a response after {:?}: {e}", String::from_utf8_lossy(&buf)),
+            Err(e) => panic!(
+                "reading a response after {:?}: {e}",
+                String::from_utf8_lossy(&buf)
+            ),
         }
     }
     let head = String::from_utf8_lossy(&buf).to_string();
-    let len = head
-        .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()));
+    let len = head.lines().find_map(|l| {
+        l.to_ascii_lowercase()
+            .strip_prefix("content-length:")
+            .map(|v| v.trim().parse::<usize>().unwrap())
+    });
     let is_head_or_204 = head.starts_with("HTTP/1.1 204");
     let mut body = vec![0u8; len.unwrap_or(0)];
     if !is_head_or_204 {
@@ -209,7 +239,11 @@ pub struct Event {
 
 impl Event {
     pub fn id_num(&self) -> u64 {
-        self.id.as_deref().expect("event has an id").parse().expect("numeric id")
+        self.id
+            .as_deref()
+            .expect("event has an id")
+            .parse()
+            .expect("numeric id")
     }
 }
 
@@ -231,7 +265,11 @@ impl SseClient {
                 break i + 4;
             }
             let n = stream.read(&mut chunk).expect("read the response head");
-            assert!(n > 0, "closed before the head: {:?}", String::from_utf8_lossy(&buf));
+            assert!(
+                n > 0,
+                "closed before the head: {:?}",
+                String::from_utf8_lossy(&buf)
+            );
             buf.extend_from_slice(&chunk[..n]);
         };
         SseClient {
@@ -271,7 +309,12 @@ impl SseClient {
 }
 
 fn parse_block(block: &[u8]) -> Event {
-    let mut e = Event { id: None, event: None, data: Vec::new(), retry: None };
+    let mut e = Event {
+        id: None,
+        event: None,
+        data: Vec::new(),
+        retry: None,
+    };
     for line in String::from_utf8_lossy(block).split('\n') {
         let (k, v) = line.split_once(": ").unwrap_or((line, ""));
         match k {
@@ -292,10 +335,17 @@ pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// Asserts that ids increase by exactly one.
 pub fn assert_consecutive(events: &[Event]) {
     for w in events.windows(2) {
-        assert_eq!(w[1].id_num(), w[0].id_num() + 1, "consecutive ids: {events:?}");
+        assert_eq!(
+            w[1].id_num(),
+            w[0].id_num() + 1,
+            "consecutive ids: {events:?}"
+        );
     }
 }
 
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }

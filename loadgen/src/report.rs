@@ -1,0 +1,223 @@
+//! Text for people: the status line printed each second, the ramp's progress bar, the end
+//! report (percentile table, counters, resource figures, notes) and the standard
+//! HdrHistogram percentile-distribution (`.hgrm`) text. Pure formatting: every function
+//! returns a String so tests can read it.
+
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+
+use crate::metrics::{Counters, FailureKind, Histograms};
+use crate::result::{Percentiles, RunResult};
+
+fn ms(us: u64) -> String {
+    format!("{:.3}", us as f64 / 1000.0)
+}
+
+fn bytes(b: f64) -> String {
+    let abs = b.abs();
+    if abs >= 1024.0 * 1024.0 {
+        format!("{:.2} MiB", b / (1024.0 * 1024.0))
+    } else if abs >= 1024.0 {
+        format!("{:.2} KiB", b / 1024.0)
+    } else {
+        format!("{b:.0} B")
+    }
+}
+
+fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
+    v.map_or_else(|| "n/a".to_string(), f)
+}
+
+fn failures(c: &Counters) -> String {
+    let parts: Vec<String> = FailureKind::ALL
+        .iter()
+        .map(|k| format!("{} {}", k.name(), c.failed.get(k).copied().unwrap_or(0)))
+        .collect();
+    parts.join(", ")
+}
+
+/// One status line: phase, open/target, events per second, p99 delivery so far, errors.
+pub fn status_line(elapsed_s: f64, phase: &str, c: &Counters, target: usize, events_per_s: f64, delivery: &Histogram<u64>) -> String {
+    let p99 = if delivery.is_empty() {
+        "-".to_string()
+    } else {
+        format!("{} ms", ms(delivery.value_at_quantile(0.99)))
+    };
+    format!(
+        "[{elapsed_s:7.1}s {phase:<5}] open {}/{target}  events/s {events_per_s:.0}  p99 delivery {p99}  failed {}  reconnects {}  missed ids {}",
+        c.open,
+        c.failed_total(),
+        c.reconnects,
+        c.missed_ids,
+    )
+}
+
+/// A terminal progress bar for the ramp (drawn over itself with `\r`).
+pub fn progress_bar(open: u64, target: usize, width: usize) -> String {
+    let done = if target == 0 { width } else { (open as usize * width / target).min(width) };
+    format!("\rramp [{}{}] {open}/{target}", "#".repeat(done), ".".repeat(width - done))
+}
+
+fn table(out: &mut String, percentiles: &std::collections::BTreeMap<String, Percentiles>) {
+    let _ = writeln!(
+        out,
+        "{:<12} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "(ms)", "count", "p50", "p90", "p99", "p99.9", "p99.99", "max"
+    );
+    for name in Histograms::NAMES {
+        let Some(p) = percentiles.get(name) else { continue };
+        let _ = writeln!(
+            out,
+            "{name:<12} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            p.count,
+            ms(p.p50),
+            ms(p.p90),
+            ms(p.p99),
+            ms(p.p99_9),
+            ms(p.p99_99),
+            ms(p.max)
+        );
+    }
+}
+
+/// The end report.
+pub fn final_report(r: &RunResult) -> String {
+    let mut out = String::new();
+    let c = &r.counters;
+    for run in &r.runs {
+        let env = &run.environment;
+        let cfg = &run.config;
+        let _ = writeln!(
+            out,
+            "ringcast-loadgen {} on {} ({} threads, {}): {} connections to {} at {}/s, hold {} ms, warmup {} ms, interval {} ms",
+            env.loadgen_version,
+            env.hostname.as_deref().unwrap_or("?"),
+            env.loadgen_threads,
+            env.loadgen_driver,
+            cfg["connections"],
+            run.server.urls.join(" "),
+            cfg["rate"],
+            cfg["duration"],
+            cfg["warmup"],
+            cfg["interval"],
+        );
+        if let Some(banner) = &run.server.banner {
+            let _ = writeln!(out, "server: {banner}");
+        }
+    }
+    let _ = writeln!(out);
+    table(&mut out, &r.percentiles);
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "connections: attempted {}, opened {}, peak open {}, failed {} ({})",
+        c.attempted,
+        c.opened,
+        c.peak_open,
+        c.failed_total(),
+        failures(c)
+    );
+    for (message, n) in &c.other_errors {
+        let _ = writeln!(out, "  other error x{n}: {message}");
+    }
+    let _ = writeln!(
+        out,
+        "events: {}, bytes {}, missed ids {}, duplicates {}, unnumbered {}, early {}, streams ended {}, reconnects {}",
+        c.events, c.bytes, c.missed_ids, c.duplicates, c.unnumbered_events, c.early_events, c.streams_ended, c.reconnects
+    );
+    for run in &r.runs {
+        let d = &run.resources.derived;
+        let open = run.resources.hold_end.map_or(0, |s| s.open);
+        let _ = writeln!(
+            out,
+            "loadgen: {} RSS per connection, {} CPU per event ({} open at the end of the hold)",
+            opt(d.loadgen_rss_bytes_per_connection, bytes),
+            opt(d.loadgen_cpu_us_per_event, |v| format!("{v:.2} us")),
+            open
+        );
+        if let Some(pid) = run.resources.server_pid {
+            let _ = writeln!(
+                out,
+                "server (pid {pid}): {} RSS per stream, {} kernel memory per stream (both ends when on one host), {} CPU per event",
+                opt(d.server_rss_bytes_per_stream, bytes),
+                opt(d.kernel_bytes_per_stream, bytes),
+                opt(d.server_cpu_us_per_event, |v| format!("{v:.2} us")),
+            );
+        }
+        if run.unfinished_connections > 0 {
+            let _ = writeln!(out, "warning: {} connections had not wound down at the end", run.unfinished_connections);
+        }
+    }
+    for note in &r.notes {
+        let _ = writeln!(out, "note: {note}");
+    }
+    out
+}
+
+/// The standard HdrHistogram percentile distribution text, values in milliseconds
+/// (recorded in microseconds, so the unit ratio is 1000).
+pub fn hgrm(h: &Histogram<u64>) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{:>12} {:>14} {:>10} {:>14}\n", "Value", "Percentile", "TotalCount", "1/(1-Percentile)");
+    let scale = 1000.0;
+    let mut total = 0u64;
+    if !h.is_empty() {
+        for v in h.iter_quantiles(5) {
+            total += v.count_since_last_iteration();
+            let value = v.value_iterated_to() as f64 / scale;
+            let q = v.quantile_iterated_to();
+            if q < 1.0 {
+                let _ = writeln!(out, "{value:12.3} {q:2.12} {total:10} {:14.2}", 1.0 / (1.0 - q));
+            } else {
+                let _ = writeln!(out, "{value:12.3} {q:2.12} {total:10}");
+            }
+        }
+    }
+    let (mean, stdev) = if h.is_empty() { (0.0, 0.0) } else { (h.mean() / scale, h.stdev() / scale) };
+    let _ = writeln!(out, "#[Mean    = {mean:12.3}, StdDeviation   = {stdev:12.3}]");
+    let _ = writeln!(out, "#[Max     = {:12.3}, Total count    = {:12}]", h.max() as f64 / scale, h.len());
+    let _ = writeln!(out, "#[Buckets = {:12}, SubBuckets     = {:12}]", h.buckets(), h.distinct_values());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{new_histogram, record};
+
+    #[test]
+    fn hgrm_has_the_standard_shape() {
+        let mut h = new_histogram();
+        for v in 1..=1000 {
+            record(&mut h, v * 100);
+        }
+        let text = hgrm(&h);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].contains("Value") && lines[0].contains("1/(1-Percentile)"));
+        let rows: Vec<&str> = lines.iter().copied().filter(|l| !l.is_empty() && !l.starts_with('#')).skip(1).collect();
+        let last: Vec<&str> = rows.last().unwrap().split_whitespace().collect();
+        assert_eq!(last[1], "1.000000000000");
+        assert_eq!(last[2], "1000");
+        assert!(text.contains("#[Max     =      100.031") || text.contains("#[Max     =      100.0"), "{text}");
+        assert!(text.contains("Total count    =         1000]"));
+        // Counts never go down along the distribution.
+        let counts: Vec<u64> = rows.iter().map(|r| r.split_whitespace().nth(2).unwrap().parse().unwrap()).collect();
+        assert!(counts.windows(2).all(|w| w[0] <= w[1]));
+    }
+
+    #[test]
+    fn status_line_shows_the_live_figures() {
+        let mut h = new_histogram();
+        record(&mut h, 2500);
+        let c = Counters {
+            open: 7,
+            reconnects: 2,
+            ..Counters::default()
+        };
+        let line = status_line(3.0, "hold", &c, 10, 70.0, &h);
+        assert!(line.contains("open 7/10") && line.contains("events/s 70") && line.contains("p99 delivery 2.50"), "{line}");
+        assert!(progress_bar(5, 10, 10).ends_with("[#####.....] 5/10"));
+        assert!(progress_bar(0, 0, 4).contains("[####]"));
+    }
+}

@@ -1,0 +1,330 @@
+//! The result file (`--out FILE.json`) and `merge`. The schema is versioned
+//! (`schema` + `schema_version`) and documented in the README. A file holds one entry in
+//! `runs` per loadgen process whose measurements it contains (environment, config, server
+//! facts, resource samples), and the sums over those runs: counters, percentiles, and
+//! every histogram serialized as HdrHistogram V2 in base64, so that merging files from
+//! several hosts adds histograms bucket by bucket without losing precision.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use base64::Engine as _;
+use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::{Counters, Histograms};
+use crate::probe::{Environment, Sample};
+
+pub const SCHEMA: &str = "ringcast-loadgen/result";
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Percentiles of one histogram, in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Percentiles {
+    pub count: u64,
+    pub min: u64,
+    pub mean: f64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p99_9: u64,
+    pub p99_99: u64,
+    pub max: u64,
+}
+
+impl Percentiles {
+    pub fn of(h: &Histogram<u64>) -> Percentiles {
+        if h.is_empty() {
+            return Percentiles::default();
+        }
+        let q = |q: f64| h.value_at_quantile(q);
+        Percentiles {
+            count: h.len(),
+            min: h.min(),
+            mean: h.mean(),
+            p50: q(0.5),
+            p90: q(0.9),
+            p99: q(0.99),
+            p99_9: q(0.999),
+            p99_99: q(0.9999),
+            max: h.max(),
+        }
+    }
+}
+
+/// Figures derived from the resource samples (None when a sample was unavailable).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Derived {
+    pub loadgen_rss_bytes_per_connection: Option<f64>,
+    pub loadgen_cpu_us_per_event: Option<f64>,
+    pub server_rss_bytes_per_stream: Option<f64>,
+    /// TCP buffer pages plus slab growth; on one host it covers both ends of each stream.
+    pub kernel_bytes_per_stream: Option<f64>,
+    pub server_cpu_us_per_event: Option<f64>,
+}
+
+/// Samples taken before the ramp and at the start and end of the hold.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Resources {
+    pub server_pid: Option<u32>,
+    pub baseline: Sample,
+    pub hold_start: Option<Sample>,
+    pub hold_end: Option<Sample>,
+    pub derived: Derived,
+}
+
+fn per(delta: Option<f64>, count: u64) -> Option<f64> {
+    (count > 0).then_some(delta? / count as f64)
+}
+
+fn diff(a: Option<u64>, b: Option<u64>) -> Option<f64> {
+    Some(b? as f64 - a? as f64)
+}
+
+impl Resources {
+    pub fn derive(&mut self) {
+        let (base, start, end) = (&self.baseline, self.hold_start.as_ref(), self.hold_end.as_ref());
+        let Some(end) = end else { return };
+        let events = start.map_or(0, |s| end.events.saturating_sub(s.events));
+        self.derived = Derived {
+            loadgen_rss_bytes_per_connection: per(diff(base.loadgen_rss_bytes, end.loadgen_rss_bytes), end.open),
+            server_rss_bytes_per_stream: per(diff(base.server_rss_bytes, end.server_rss_bytes), end.open),
+            kernel_bytes_per_stream: per(diff(base.kernel.total(), end.kernel.total()), end.open),
+            loadgen_cpu_us_per_event: start.and_then(|s| per(diff(s.loadgen_cpu_us, end.loadgen_cpu_us), events)),
+            server_cpu_us_per_event: start.and_then(|s| per(diff(s.server_cpu_us, end.server_cpu_us), events)),
+        };
+    }
+}
+
+/// One loadgen process's part of a result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Run {
+    pub environment: Environment,
+    /// The full command line config, as parsed.
+    pub config: serde_json::Value,
+    /// What the server told about itself (its `Server` header), when it did.
+    pub server: Server,
+    pub resources: Resources,
+    /// Connection tasks still running when the end's grace ran out.
+    pub unfinished_connections: usize,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Server {
+    pub banner: Option<String>,
+    pub urls: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunResult {
+    pub schema: String,
+    pub schema_version: u32,
+    pub runs: Vec<Run>,
+    pub counters: Counters,
+    /// By histogram name: connect, headers, first_event, delivery, gap (microseconds).
+    pub percentiles: BTreeMap<String, Percentiles>,
+    /// By histogram name: HdrHistogram V2 serialization, base64 (standard alphabet).
+    pub histograms: BTreeMap<String, String>,
+    pub notes: Vec<String>,
+}
+
+pub fn encode_histogram(h: &Histogram<u64>) -> String {
+    let mut bytes = Vec::new();
+    V2Serializer::new()
+        .serialize(h, &mut bytes)
+        .expect("serializing into memory cannot fail");
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+pub fn decode_histogram(text: &str) -> Result<Histogram<u64>, String> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|e| format!("base64: {e}"))?;
+    Deserializer::new()
+        .deserialize(&mut bytes.as_slice())
+        .map_err(|e| format!("histogram: {e:?}"))
+}
+
+impl RunResult {
+    pub fn new(runs: Vec<Run>, counters: Counters, histograms: &Histograms, notes: Vec<String>) -> RunResult {
+        let mut r = RunResult {
+            schema: SCHEMA.into(),
+            schema_version: SCHEMA_VERSION,
+            runs,
+            counters,
+            percentiles: BTreeMap::new(),
+            histograms: BTreeMap::new(),
+            notes,
+        };
+        r.set_histograms(histograms);
+        r
+    }
+
+    fn set_histograms(&mut self, histograms: &Histograms) {
+        for name in Histograms::NAMES {
+            if let Some(h) = histograms.by_name(name) {
+                self.percentiles.insert(name.into(), Percentiles::of(h));
+                self.histograms.insert(name.into(), encode_histogram(h));
+            }
+        }
+    }
+
+    /// Decodes the stored histograms (names this version does not know are an error).
+    pub fn decode_histograms(&self) -> Result<Histograms, String> {
+        let mut out = Histograms::default();
+        for (name, text) in &self.histograms {
+            let h = decode_histogram(text).map_err(|e| format!("{name}: {e}"))?;
+            let slot = out
+                .by_name_mut(name)
+                .ok_or_else(|| format!("unknown histogram {name:?}"))?;
+            slot.add(&h).map_err(|e| format!("{name}: {e:?}"))?;
+        }
+        Ok(out)
+    }
+
+    pub fn load(path: &Path) -> Result<RunResult, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let r: RunResult = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        if r.schema != SCHEMA || r.schema_version != SCHEMA_VERSION {
+            return Err(format!(
+                "{}: schema {} v{} is not {SCHEMA} v{SCHEMA_VERSION}",
+                path.display(),
+                r.schema,
+                r.schema_version
+            ));
+        }
+        Ok(r)
+    }
+
+    pub fn save(&self, path: &Path) -> Result<(), String> {
+        let text = serde_json::to_string_pretty(self).map_err(|e| e.to_string())?;
+        std::fs::write(path, text + "\n").map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Adds results together: runs are concatenated, counters and histograms summed.
+    pub fn merge(parts: Vec<RunResult>) -> Result<RunResult, String> {
+        let mut runs = Vec::new();
+        let mut counters = Counters::default();
+        let mut histograms = Histograms::default();
+        let mut notes = Vec::new();
+        let mut intervals = Vec::new();
+        for part in parts {
+            histograms.add(&part.decode_histograms()?);
+            counters.add(&part.counters);
+            for note in part.notes {
+                if !notes.contains(&note) {
+                    notes.push(note);
+                }
+            }
+            for run in &part.runs {
+                let interval = run.config.get("interval").cloned();
+                if !intervals.contains(&interval) {
+                    intervals.push(interval);
+                }
+            }
+            runs.extend(part.runs);
+        }
+        if intervals.len() > 1 {
+            notes.push("merged runs used different --interval values: delivery latencies do not compare".into());
+        }
+        Ok(RunResult::new(runs, counters, &histograms, notes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::record;
+
+    fn result_with(values: std::ops::Range<u64>, events: u64) -> RunResult {
+        let mut h = Histograms::default();
+        for v in values {
+            record(&mut h.delivery, v);
+            record(&mut h.gap, v * 10);
+        }
+        let counters = Counters {
+            events,
+            ..Counters::default()
+        };
+        let run = Run {
+            environment: Environment::default(),
+            config: serde_json::json!({"interval": 100.0}),
+            server: Server::default(),
+            resources: Resources::default(),
+            unfinished_connections: 0,
+        };
+        RunResult::new(vec![run], counters, &h, vec![])
+    }
+
+    #[test]
+    fn histograms_round_trip_through_base64() {
+        let mut h = crate::metrics::new_histogram();
+        for v in [1, 7, 1000, 123_456, 3_000_000] {
+            record(&mut h, v);
+        }
+        assert_eq!(decode_histogram(&encode_histogram(&h)).unwrap(), h);
+        assert!(decode_histogram("not base64!").is_err());
+        assert!(decode_histogram("AAAA").is_err());
+    }
+
+    #[test]
+    fn merge_adds_without_loss_and_round_trips_json() {
+        let dir = std::env::temp_dir().join(format!("loadgen-merge-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b) = (dir.join("a.json"), dir.join("b.json"));
+        result_with(1..5000, 10).save(&a).unwrap();
+        result_with(5000..9000, 32).save(&b).unwrap();
+        let merged = RunResult::merge(vec![RunResult::load(&a).unwrap(), RunResult::load(&b).unwrap()]).unwrap();
+        let whole = result_with(1..9000, 42);
+        assert_eq!(merged.runs.len(), 2);
+        assert_eq!(merged.counters.events, 42);
+        assert_eq!(merged.percentiles, whole.percentiles);
+        assert_eq!(merged.decode_histograms().unwrap().delivery, whole.decode_histograms().unwrap().delivery);
+        assert!(merged.notes.is_empty());
+
+        let mut other = result_with(1..3, 1);
+        other.runs[0].config = serde_json::json!({"interval": 2000.0});
+        let mixed = RunResult::merge(vec![merged, other]).unwrap();
+        assert_eq!(mixed.notes.len(), 1);
+
+        let mut text = std::fs::read_to_string(&a).unwrap();
+        text = text.replace("\"schema_version\": 1", "\"schema_version\": 999");
+        std::fs::write(&a, text).unwrap();
+        assert!(RunResult::load(&a).unwrap_err().contains("schema"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn derived_figures() {
+        let mut r = Resources {
+            baseline: Sample {
+                loadgen_rss_bytes: Some(1000),
+                server_rss_bytes: Some(5000),
+                ..Sample::default()
+            },
+            hold_start: Some(Sample {
+                loadgen_cpu_us: Some(100),
+                server_cpu_us: Some(200),
+                events: 10,
+                ..Sample::default()
+            }),
+            hold_end: Some(Sample {
+                loadgen_rss_bytes: Some(3000),
+                server_rss_bytes: Some(9000),
+                loadgen_cpu_us: Some(300),
+                server_cpu_us: Some(1200),
+                open: 4,
+                events: 110,
+                ..Sample::default()
+            }),
+            ..Resources::default()
+        };
+        r.derive();
+        assert_eq!(r.derived.loadgen_rss_bytes_per_connection, Some(500.0));
+        assert_eq!(r.derived.server_rss_bytes_per_stream, Some(1000.0));
+        assert_eq!(r.derived.loadgen_cpu_us_per_event, Some(2.0));
+        assert_eq!(r.derived.server_cpu_us_per_event, Some(10.0));
+        assert_eq!(r.derived.kernel_bytes_per_stream, None);
+    }
+}
