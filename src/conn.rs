@@ -24,8 +24,12 @@ use crate::metrics::WorkerStats;
 use crate::net;
 use crate::streams::{StreamCap, Streams};
 
-/// Read buffers kept for reuse per core; more than this in use at once are allocated and freed.
-const POOLED_BUFFERS: usize = 256;
+/// A connection's read buffer starts this small (an EventSource request is a few hundred bytes)
+/// and grows to `MAX_HEAD` only for a larger head.
+const BUFFER: usize = 1024;
+/// Read buffers kept for reuse per core. A connection takes one only when bytes are ready to read
+/// and gives it back as soon as everything buffered is answered, so few are in use at once.
+const POOLED_BUFFERS: usize = 64;
 /// How long, and how much, a refused client may keep sending before we close on it.
 const LINGER_TIME: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 64 * 1024;
@@ -61,12 +65,13 @@ impl Core {
         self.pool
             .borrow_mut()
             .pop()
-            .unwrap_or_else(|| Vec::with_capacity(MAX_HEAD))
+            .unwrap_or_else(|| Vec::with_capacity(BUFFER))
     }
 
+    /// Gives a buffer back (a grown or empty one is freed instead).
     fn put_buffer(&self, mut buf: Vec<u8>) {
         let mut pool = self.pool.borrow_mut();
-        if pool.len() < POOLED_BUFFERS && buf.capacity() == MAX_HEAD {
+        if pool.len() < POOLED_BUFFERS && buf.capacity() == BUFFER {
             buf.clear();
             pool.push(buf);
         }
@@ -86,15 +91,13 @@ enum End {
 /// Serves one accepted connection (its own task).
 pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
     core.stats.inc(&core.stats.connections_accepted);
-    let buf = core.take_buffer();
-    let (end, buf) = requests(&core, &mut stream, buf).await;
+    let mut buf = Vec::new();
+    let end = requests(&core, &mut stream, &mut buf).await;
+    core.put_buffer(std::mem::take(&mut buf));
     match end {
-        End::Stream(head) => {
-            // The buffer went back to the pool before the head is written.
-            open_stream(&core, stream, head).await;
-            return;
-        }
         End::Closed => {}
+        // Boxed: the rarer, larger states must not size every connection's task.
+        End::Stream(head) => Box::pin(open_stream(&core, stream, head)).await,
         End::Reject(r) => {
             let stats = &core.stats;
             stats.inc(match r {
@@ -105,22 +108,25 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
                 Reject::LengthRequired | Reject::OriginRefused => &stats.rejected_other,
             });
             tracing::debug!(status = r.status(), "request refused");
-            let (_, _) = stream.write_all(core.responses.reject(r)).await;
-            let buf = buf.unwrap_or_else(|| core.take_buffer());
-            if let Some(buf) = linger(&mut stream, buf).await {
-                core.put_buffer(buf);
-            }
-            return;
+            Box::pin(async {
+                let (_, _) = stream.write_all(core.responses.reject(r)).await;
+                linger(&core, &mut stream).await;
+            })
+            .await;
         }
-    }
-    if let Some(buf) = buf {
-        core.put_buffer(buf);
     }
 }
 
+/// Why more bytes did not come.
+enum NoMore {
+    Timeout,
+    Closed,
+}
+
 /// Reads and answers requests until the connection closes, is refused, or becomes a stream.
-/// Returns the read buffer unless a cancelled read kept it.
-async fn requests(core: &Core, stream: &mut TcpStream, mut buf: Vec<u8>) -> (End, Option<Vec<u8>>) {
+/// `buf` holds the bytes received and not yet consumed; it is empty (no allocation) whenever the
+/// connection has nothing pending.
+async fn requests(core: &Core, stream: &mut TcpStream, buf: &mut Vec<u8>) -> End {
     let cfg = &core.cfg;
     let mut served: u64 = 0;
     // Body bytes of the last request still to be read and discarded.
@@ -130,27 +136,25 @@ async fn requests(core: &Core, stream: &mut TcpStream, mut buf: Vec<u8>) -> (End
         let mut out: Vec<Bytes> = Vec::new();
         let mut close_after = false;
         while discard == 0 && !close_after {
-            let (consumed, reply) = match http::parse(&buf, cfg.max_body) {
+            let (consumed, reply) = match http::parse(buf, cfg.max_body) {
                 Verdict::Partial => break,
                 Verdict::Reject(r) => {
                     flush(stream, out).await;
-                    return (End::Reject(r), Some(buf));
+                    return End::Reject(r);
                 }
                 Verdict::Request(req) if req.kind == Kind::Stream => {
                     flush(stream, out).await;
                     if !core.responses.origin_allowed(req.origin) {
-                        return (End::Reject(Reject::OriginRefused), Some(buf));
+                        return End::Reject(Reject::OriginRefused);
                     }
                     if !core.cap.try_reserve() {
-                        return (End::Reject(Reject::Busy), Some(buf));
+                        return End::Reject(Reject::Busy);
                     }
-                    let head = core.responses.stream_head(req.origin);
                     if let Some(id) = req.last_event_id {
                         tracing::debug!(last_event_id = %String::from_utf8_lossy(id),
                             "stream resumes; tick events are not stored, it continues with the next tick");
                     }
-                    core.put_buffer(buf);
-                    return (End::Stream(head), None);
+                    return End::Stream(core.responses.stream_head(req.origin));
                 }
                 Verdict::Request(req) => {
                     let reply = match req.kind {
@@ -170,31 +174,22 @@ async fn requests(core: &Core, stream: &mut TcpStream, mut buf: Vec<u8>) -> (End
             served += 1;
         }
         if !flush(stream, out).await || close_after {
-            return (End::Closed, Some(buf));
+            return End::Closed;
+        }
+        if buf.is_empty() {
+            core.put_buffer(std::mem::take(buf));
         }
 
         // Need more bytes: the rest of a body to throw away, or the next request head.
-        let waiting_since = Instant::now();
-        let deadline = waiting_since + cfg.header_timeout;
+        let deadline = Instant::now() + cfg.header_timeout;
         loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let len = buf.len();
-            let read = stream.read(buf.slice_mut(len..MAX_HEAD));
-            let (res, slice) = match monoio::time::timeout(remaining, read).await {
-                Ok(r) => r,
-                Err(_) => {
-                    // Timed out; the cancelled read kept the buffer.
-                    return if len == 0 && served > 0 && discard == 0 {
-                        (End::Closed, None) // idle keep-alive connection: just close
-                    } else {
-                        (End::Reject(Reject::Timeout), None)
-                    };
-                }
-            };
-            buf = slice.into_inner();
-            match res {
-                Ok(0) | Err(_) => return (End::Closed, Some(buf)),
-                Ok(_) => {}
+            let idle = buf.is_empty() && discard == 0;
+            match read_more(core, stream, buf, deadline).await {
+                Ok(()) => {}
+                Err(NoMore::Closed) => return End::Closed,
+                // A kept-alive connection that stays silent is closed without a word.
+                Err(NoMore::Timeout) if idle && served > 0 => return End::Closed,
+                Err(NoMore::Timeout) => return End::Reject(Reject::Timeout),
             }
             if discard > 0 {
                 let n = (buf.len() as u64).min(discard);
@@ -206,6 +201,42 @@ async fn requests(core: &Core, stream: &mut TcpStream, mut buf: Vec<u8>) -> (End
             }
             break;
         }
+    }
+}
+
+/// Appends what the client sends next to `buf`, by `deadline`. A silent client holds no buffer:
+/// we wait for readability first and take a buffer from the pool only when bytes are there.
+async fn read_more(
+    core: &Core,
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    deadline: Instant,
+) -> Result<(), NoMore> {
+    let remaining = || deadline.saturating_duration_since(Instant::now());
+    if buf.is_empty() {
+        match monoio::time::timeout(remaining(), stream.readable(true)).await {
+            Err(_) => return Err(NoMore::Timeout),
+            Ok(Err(_)) => return Err(NoMore::Closed),
+            Ok(Ok(())) => {}
+        }
+        if buf.capacity() == 0 {
+            *buf = core.take_buffer();
+        }
+    }
+    if buf.len() == buf.capacity() {
+        // Only a head that is still incomplete gets here (parse refuses one at MAX_HEAD).
+        buf.reserve_exact(MAX_HEAD.saturating_sub(buf.len()).max(1));
+    }
+    let (len, cap) = (buf.len(), buf.capacity());
+    let read = stream.read(std::mem::take(buf).slice_mut(len..cap));
+    // On a timeout the cancelled read keeps the buffer; `buf` stays empty.
+    let (res, slice) = monoio::time::timeout(remaining(), read)
+        .await
+        .map_err(|_| NoMore::Timeout)?;
+    *buf = slice.into_inner();
+    match res {
+        Ok(0) | Err(_) => Err(NoMore::Closed),
+        Ok(_) => Ok(()),
     }
 }
 
@@ -240,9 +271,10 @@ async fn open_stream(core: &Core, mut stream: TcpStream, head: Bytes) {
 
 /// A lingering close: stop sending, then read (and drop) what the client is still sending for a
 /// short while, so that our response is not destroyed by a reset.
-async fn linger(stream: &mut TcpStream, mut buf: Vec<u8>) -> Option<Vec<u8>> {
+async fn linger(core: &Core, stream: &mut TcpStream) {
     net::shutdown_write(stream.as_raw_fd());
     let deadline = Instant::now() + LINGER_TIME;
+    let mut buf = core.take_buffer();
     let mut total = 0;
     while total < LINGER_BYTES {
         buf.clear();
@@ -252,9 +284,12 @@ async fn linger(stream: &mut TcpStream, mut buf: Vec<u8>) -> Option<Vec<u8>> {
                 total += n;
                 buf = b;
             }
-            Ok((_, b)) => return Some(b),
-            Err(_) => return None,
+            Ok((_, b)) => {
+                core.put_buffer(b);
+                return;
+            }
+            Err(_) => return,
         }
     }
-    Some(buf)
+    core.put_buffer(buf);
 }

@@ -94,3 +94,9 @@ fn main() -> ExitCode {
     }
     code
 }
+
+// A size-segregated allocator: the few long-lived small objects of each stream are not scattered
+// over pages that the request phase's short-lived buffers and tasks once occupied (with glibc's
+// malloc they were, and an idle stream cost ~2.3 KB of RSS instead of ~200 B).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -24,7 +24,7 @@ fn two_thousand_streams_receive_every_tick(driver: &str) {
         .enable_all()
         .build()
         .unwrap();
-    let missing = rt.block_on(async move {
+    let (first, last, missing) = rt.block_on(async move {
         // Connect everyone first (and see each response head)...
         let mut conns = Vec::with_capacity(STREAMS);
         for chunk in (0..STREAMS).collect::<Vec<_>>().chunks(200) {
@@ -50,11 +50,11 @@ fn two_thousand_streams_receive_every_tick(driver: &str) {
                 missing.push((i, got));
             }
         }
-        missing
+        (first, last, missing)
     });
     assert!(
         missing.is_empty(),
-        "{} streams missed ticks, e.g. {:?}",
+        "{} streams missed ticks of {first}..={last}, e.g. (stream, ids seen) {:?}",
         missing.len(),
         &missing[..missing.len().min(3)]
     );
