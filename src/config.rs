@@ -95,9 +95,29 @@ pub struct Args {
     #[arg(long, default_value_t = 4096, value_name = "N")]
     pub backlog: i32,
 
+    /// Admin listener for /metrics, /healthz and /info (`none` to disable). Never the public one.
+    #[arg(long, default_value = "127.0.0.1:9090", value_parser = parse_admin, value_name = "ADDR|none")]
+    pub admin_listen: AdminListen,
+
     /// Log filter (tracing EnvFilter syntax); RUST_LOG overrides it.
     #[arg(long, default_value = "info", value_name = "FILTER")]
     pub log: String,
+}
+
+/// Where the admin endpoints listen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdminListen {
+    Off,
+    On(SocketAddr),
+}
+
+fn parse_admin(s: &str) -> Result<AdminListen, String> {
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(AdminListen::Off);
+    }
+    s.parse()
+        .map(AdminListen::On)
+        .map_err(|e| format!("{e} (an address such as 127.0.0.1:9090, or none)"))
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
@@ -182,6 +202,7 @@ pub struct Config {
     pub max_inflight: usize,
     pub user_timeout: Duration,
     pub backlog: i32,
+    pub admin: AdminListen,
 }
 
 impl Config {
@@ -209,6 +230,7 @@ impl Config {
             max_inflight: args.max_inflight as usize,
             user_timeout: args.user_timeout,
             backlog: args.backlog,
+            admin: args.admin_listen,
         }
     }
 
@@ -240,6 +262,10 @@ mod tests {
         assert_eq!(c.data, "hello");
         assert_eq!(c.cors, Cors::Any);
         assert_eq!(c.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(c.admin, AdminListen::On("127.0.0.1:9090".parse().unwrap()));
+        let c = Config::from_args(&parse(&["--admin-listen", "none"]).unwrap());
+        assert_eq!(c.admin, AdminListen::Off);
+        assert!(parse(&["--admin-listen", "nowhere"]).is_err());
     }
 
     #[test]

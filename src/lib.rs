@@ -13,8 +13,10 @@
 //! - [`streams`]: the per-core slab and the tick walk;
 //! - [`worker`]: one pinned runtime (driver choice, accept loop);
 //! - [`server`]: start-up, banner, shutdown;
-//! - [`net`], [`metrics`]: sockets and fd limits, per-worker counters.
+//! - [`net`], [`metrics`]: sockets and fd limits, per-worker counters;
+//! - [`admin`]: `/metrics`, `/healthz`, `/info` on a separate listener.
 
+pub mod admin;
 pub mod config;
 pub mod conn;
 pub mod http;

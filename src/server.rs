@@ -6,13 +6,15 @@
 //! the caller knows the bound address and the drivers that actually run.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
 
-use crate::config::Config;
+use crate::admin::{self, Admin};
+use crate::config::{AdminListen, Config};
 use crate::metrics::{Snapshot, WorkerStats};
 use crate::net::{self, FdLimit};
 use crate::streams::StreamCap;
@@ -27,6 +29,7 @@ pub struct Server {
     workers: Vec<Running>,
     started: Vec<Started>,
     exited: mpsc::Receiver<usize>,
+    admin: Option<Admin>,
 }
 
 struct Running {
@@ -79,7 +82,17 @@ impl Server {
         if cfg.pin && cores.is_empty() {
             tracing::warn!("cannot list the CPU cores; workers run unpinned");
         }
+        if let AdminListen::On(a) = cfg.admin {
+            let clash = a.port() == addr.port()
+                && (a.ip() == addr.ip() || a.ip().is_unspecified() || addr.ip().is_unspecified());
+            if clash && a.port() != 0 {
+                return Err(format!(
+                    "--admin-listen {a}: must not be the public listener ({addr})"
+                ));
+            }
+        }
         let cap = Arc::new(StreamCap::new(max_streams));
+        let alive = Arc::new(AtomicUsize::new(cfg.workers));
         let (started_tx, started_rx) = mpsc::channel();
         let (exited_tx, exited) = mpsc::channel();
         let mut workers = Vec::with_capacity(cfg.workers);
@@ -97,10 +110,12 @@ impl Server {
                 stop: stop_rx,
             };
             let exited_tx = exited_tx.clone();
+            let alive = alive.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("ringcast-w{id}"))
                 .spawn(move || {
                     worker::run(spec);
+                    alive.fetch_sub(1, Ordering::AcqRel);
                     let _ = exited_tx.send(id);
                 })
                 .map_err(|e| format!("cannot start worker thread {id}: {e}"))?;
@@ -121,6 +136,7 @@ impl Server {
             workers,
             started: Vec::new(),
             exited,
+            admin: None,
         };
         for _ in 0..server.workers.len() {
             match started_rx.recv_timeout(Duration::from_secs(10)) {
@@ -137,11 +153,36 @@ impl Server {
         }
         started.sort_by_key(|s| s.id);
         server.started = started;
+        if let AdminListen::On(a) = server.cfg.admin {
+            let state = admin::State {
+                cfg: server.cfg.clone(),
+                listen: server.addr,
+                kernel: net::kernel_release(),
+                fd_limit: server.fd_limit,
+                workers: server.started.clone(),
+                stats: server.workers.iter().map(|w| w.stats.clone()).collect(),
+                cap: server.cap.clone(),
+                alive,
+                started_at: std::time::SystemTime::now(),
+            };
+            match Admin::start(a, state) {
+                Ok(admin) => server.admin = Some(admin),
+                Err(e) => {
+                    server.stop();
+                    return Err(format!("--admin-listen {a}: {e}"));
+                }
+            }
+        }
         Ok(server)
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where `/metrics`, `/healthz` and `/info` are served, if enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(Admin::local_addr)
     }
 
     pub fn workers(&self) -> &[Started] {
@@ -201,6 +242,10 @@ impl Server {
             "open-files limit raised to the hard limit; at most {} streams (raise `ulimit -Hn` for more)",
             self.cap.max()
         );
+        match self.admin_addr() {
+            Some(a) => tracing::info!("admin endpoints on http://{a} (/metrics, /healthz, /info)"),
+            None => tracing::info!("admin endpoints disabled (--admin-listen none)"),
+        }
         tracing::info!("listening on http://{}", self.addr);
     }
 
@@ -211,6 +256,9 @@ impl Server {
 
     /// Stops accepting, closes every stream and joins the workers, waiting at most 1.5 s.
     pub fn stop(&mut self) -> Summary {
+        if let Some(mut admin) = self.admin.take() {
+            admin.stop();
+        }
         for w in &mut self.workers {
             if let Some(stop) = w.stop.take() {
                 let _ = stop.send(());

@@ -251,6 +251,7 @@ impl Walker {
                 .unwrap_or_default();
             self.stats
                 .max(&self.stats.tick_late_us_max, late.as_micros() as u64);
+            self.stats.lateness.record_us(late.as_micros() as u64);
             self.stats.inc(&self.stats.ticks);
             self.walk(self.encoder.encode(tick), &mut inflight, write_frame)
                 .await;
@@ -302,6 +303,7 @@ impl Walker {
         let took = started.elapsed().as_micros() as u64;
         self.stats.add(&self.stats.walk_us_total, took);
         self.stats.max(&self.stats.walk_us_max, took);
+        self.stats.walk.record_us(took);
     }
 
     fn skip(&self, slot: &mut Slot) {

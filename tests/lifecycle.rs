@@ -46,7 +46,8 @@ impl EndOk for SseClient {
 
 fn run_to_exit(args: &[&str], seccomp_errno: Option<i32>) -> (Option<i32>, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringcast"));
-    cmd.args(args)
+    cmd.args(["--admin-listen", "127.0.0.1:0"])
+        .args(args)
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -31,20 +31,30 @@ macro_rules! both_drivers {
 pub struct TestServer {
     child: Child,
     pub addr: SocketAddr,
+    /// The admin listener (`/metrics`, `/healthz`, `/info`).
+    pub admin: Option<SocketAddr>,
     log: Arc<Mutex<Vec<String>>>,
 }
 
 impl TestServer {
     /// Starts the server with `--driver <driver>` and `args`, waiting for its banner.
     pub fn start(driver: &str, args: &[&str]) -> TestServer {
+        Self::start_on(driver, "127.0.0.1:0", args)
+    }
+
+    /// Like `start`, on a given `--listen` address: restarting a server on the port a stopped
+    /// one had (the only case where a test does not use port 0).
+    pub fn start_on(driver: &str, listen: &str, args: &[&str]) -> TestServer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
             .args([
                 "--listen",
-                "127.0.0.1:0",
+                listen,
                 "--workers",
                 "2",
                 "--driver",
                 driver,
+                "--admin-listen",
+                "127.0.0.1:0",
             ])
             .args(args)
             .env_remove("RUST_LOG")
@@ -65,6 +75,7 @@ impl TestServer {
         let mut server = TestServer {
             child,
             addr: "0.0.0.0:0".parse().unwrap(),
+            admin: None,
             log,
         };
         let line = server
@@ -72,6 +83,16 @@ impl TestServer {
             .unwrap_or_else(|| panic!("no banner; log:\n{}", server.log_text()));
         let addr = line.rsplit("http://").next().unwrap().trim();
         server.addr = addr.parse().expect("address in banner");
+        server.admin = server
+            .log_lines()
+            .iter()
+            .find_map(|l| {
+                l.split("admin endpoints on http://")
+                    .nth(1)
+                    .map(str::to_owned)
+            })
+            .and_then(|rest| rest.split_whitespace().next().map(str::to_owned))
+            .map(|a| a.parse().expect("admin address in banner"));
         let want = match driver {
             "uring" => "io_uring",
             "epoll" => "epoll",
@@ -371,4 +392,103 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
+}
+
+// ---- real clients from other ecosystems (tests/browser.rs, tests/clients.rs) ----
+
+/// Set (non-empty, not `0`) in CI by `.ci/run`: a missing external client is then a failure
+/// instead of a skip.
+pub const REQUIRE_CLIENTS: &str = "RINGCAST_REQUIRE_CLIENTS";
+
+pub fn clients_required() -> bool {
+    std::env::var_os(REQUIRE_CLIENTS).is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// The first of `names` found as an executable on `PATH`.
+pub fn find_program(names: &[&str]) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    names.iter().find_map(|name| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|p| {
+                p.metadata()
+                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            })
+    })
+}
+
+/// `Some(value)` when the client is there. When it is not (`None`): panics if clients are
+/// required, otherwise says why the test is skipped and returns `None`.
+pub fn client_or_skip<T>(test: &str, found: Option<T>, missing: &str) -> Option<T> {
+    if found.is_some() {
+        return found;
+    }
+    assert!(
+        !clients_required(),
+        "{test}: {missing}, and {REQUIRE_CLIENTS} is set"
+    );
+    eprintln!("SKIPPED {test}: {missing} (set {REQUIRE_CLIENTS}=1 to make this a failure)");
+    None
+}
+
+/// A child process whose stdout lines are collected by a thread (so its pipe never fills);
+/// killed on drop. Its stdin is a pipe that stays open until drop, so a client that exits at
+/// end of stdin cannot outlive the test even if the kill is missed.
+pub struct ChildLines {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl ChildLines {
+    pub fn spawn(cmd: &mut Command) -> ChildLines {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        let stdout = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line);
+            }
+        });
+        ChildLines { child, lines }
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Waits until `done` holds for the lines so far; `None` on timeout.
+    pub fn wait_until<T>(
+        &self,
+        timeout: Duration,
+        mut done: impl FnMut(&[String]) -> Option<T>,
+    ) -> Option<T> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = done(&self.lines()) {
+                return Some(v);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ChildLines {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

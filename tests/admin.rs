@@ -1,0 +1,153 @@
+//! The admin listener: `/metrics` agrees with what the test did to the server, per worker and in
+//! total; `/healthz` and `/info`; and the admin endpoints are never served on the public port.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use common::*;
+
+both_drivers!(metrics_count_what_happened);
+
+fn get(addr: SocketAddr, path: &str) -> String {
+    request(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes(),
+    )
+}
+
+/// The value of one series (exact name with labels) in a Prometheus text exposition.
+fn series(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("{name} in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+fn metrics_count_what_happened(driver: &str) {
+    let server = TestServer::start(driver, &["--interval", "100ms"]);
+    let admin = server.admin.expect("admin listener");
+    let mut clients: Vec<SseClient> = (0..6).map(|_| SseClient::open(server.addr, "")).collect();
+    for c in &mut clients {
+        c.ticks(2);
+    }
+    for _ in 0..3 {
+        assert!(request(server.addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").ends_with("ok"));
+    }
+    let bad = request(server.addr, b"GET / HTTP/1.1\r\n\r\n");
+    assert!(bad.starts_with("HTTP/1.1 400"));
+    drop(clients.drain(..2));
+
+    // Closed clients are noticed within two ticks; wait (bounded) for the gauge to follow.
+    let deadline = Instant::now() + PATIENCE;
+    let m = loop {
+        let m = get(admin, "/metrics");
+        if series(&m, "ringcast_streams_open{worker=\"total\"}") == 4.0 {
+            break m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "streams_open never came down to 4:\n{m}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(m.starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4"));
+    let total = |name: &str| series(&m, &format!("ringcast_{name}{{worker=\"total\"}}"));
+    let per_worker = |name: &str| {
+        (0..2)
+            .map(|w| series(&m, &format!("ringcast_{name}{{worker=\"{w}\"}}")))
+            .sum::<f64>()
+    };
+    for name in [
+        "streams_open",
+        "streams_opened_total",
+        "ok_requests_total",
+        "frames_sent_total",
+        "ticks_total",
+    ] {
+        assert_eq!(
+            total(name),
+            per_worker(name),
+            "{name}: total is the workers' sum"
+        );
+    }
+    assert_eq!(total("streams_opened_total"), 6.0);
+    assert_eq!(total("ok_requests_total"), 3.0);
+    assert!(total("frames_sent_total") >= 12.0);
+    assert!(total("bytes_sent_total") > total("frames_sent_total"));
+    assert_eq!(
+        series(
+            &m,
+            "ringcast_streams_closed_total{worker=\"total\",reason=\"client_gone\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        series(
+            &m,
+            "ringcast_connections_rejected_total{worker=\"total\",reason=\"bad_request\"}"
+        ),
+        1.0
+    );
+    let walks = series(&m, "ringcast_tick_walk_seconds_count{worker=\"total\"}");
+    assert!(walks >= 2.0 && walks == total("ticks_total"), "{walks}");
+    assert_eq!(
+        series(
+            &m,
+            "ringcast_tick_lateness_seconds_bucket{worker=\"total\",le=\"+Inf\"}"
+        ),
+        walks
+    );
+    let want_driver = if driver == "uring" {
+        "io_uring"
+    } else {
+        "epoll"
+    };
+    assert!(m.contains(&format!(",driver=\"{want_driver}\"}} 1")), "{m}");
+    assert!(m.contains(",kernel=\""));
+
+    let h = get(admin, "/healthz");
+    assert!(h.starts_with("HTTP/1.1 200 ") && h.ends_with("ok\n"), "{h}");
+    let info = get(admin, "/info");
+    let body = &info[info.find("\r\n\r\n").unwrap() + 4..];
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(v["interval_ms"], 100);
+    assert_eq!(v["workers"].as_array().unwrap().len(), 2);
+    assert_eq!(v["workers"][0]["driver"], want_driver);
+    assert_eq!(v["listen"], server.addr.to_string());
+    assert_eq!(v["streams_open"], 4);
+    assert!(v["limits"]["max_streams"].as_u64().unwrap() > 0);
+    assert!(get(admin, "/nope").starts_with("HTTP/1.1 404 "));
+
+    // The public listener knows nothing of the admin paths: they are `ok` there.
+    assert!(get(server.addr, "/metrics").ends_with("\r\n\r\nok"));
+}
+
+#[test]
+fn admin_must_not_share_the_public_port() {
+    // The clash needs a fixed port (port 0 twice gives two different ports).
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = probe.local_addr().unwrap().port();
+    drop(probe);
+    let listen = format!("127.0.0.1:{port}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        .args([
+            "--listen",
+            &listen,
+            "--admin-listen",
+            &listen,
+            "--workers",
+            "1",
+        ])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--admin-listen") && err.contains("public listener"),
+        "{err}"
+    );
+}
