@@ -1,11 +1,12 @@
 //! A connection from accept until it becomes a stream or closes.
 //!
 //! This is the only place a connection has a task and a read buffer: while its request head is
-//! arriving. Requests are parsed in place (zero-copy) from a pooled 8 KiB buffer; `ok` requests
-//! are answered and the connection is kept for the next (pipelined requests are answered in one
-//! write); an SSE request gets its response head, and the socket moves into the core's slab while
-//! the buffer goes back to the pool. Refused requests get their status, then a lingering close
-//! so the client can read it even if it was still sending.
+//! arriving. Bytes are read in place into a pooled buffer (1 KiB, grown to the 8 KiB head limit
+//! only when needed) that a [`Session`] parses zero-copy and decides on; this module only moves
+//! bytes and keeps time. `ok` requests are answered and the connection is kept for the next
+//! (pipelined requests are answered in one write); an SSE request gets its response head, and the
+//! socket moves into the core's slab while the buffer goes back to the pool. Refused requests get
+//! their status, then a lingering close so the client can read it even if it was still sending.
 
 use std::cell::RefCell;
 use std::os::fd::AsRawFd;
@@ -19,9 +20,10 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use crate::config::Config;
-use crate::http::{self, Kind, Reject, Responses, Verdict, MAX_HEAD};
+use crate::http::{Reject, Responses, MAX_HEAD};
 use crate::metrics::WorkerStats;
 use crate::net;
+use crate::session::{Next, Session};
 use crate::streams::{StreamCap, Streams};
 
 /// A connection's read buffer starts this small (an EventSource request is a few hundred bytes)
@@ -91,9 +93,9 @@ enum End {
 /// Serves one accepted connection (its own task).
 pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
     core.stats.inc(&core.stats.connections_accepted);
-    let mut buf = Vec::new();
-    let end = requests(&core, &mut stream, &mut buf).await;
-    core.put_buffer(std::mem::take(&mut buf));
+    let mut session = Session::default();
+    let end = requests(&core, &mut stream, &mut session).await;
+    core.put_buffer(std::mem::take(&mut session.buf));
     match end {
         End::Closed => {}
         // Boxed: the rarer, larger states must not size every connection's task.
@@ -124,92 +126,50 @@ enum NoMore {
 }
 
 /// Reads and answers requests until the connection closes, is refused, or becomes a stream.
-/// `buf` holds the bytes received and not yet consumed; it is empty (no allocation) whenever the
-/// connection has nothing pending.
-async fn requests(core: &Core, stream: &mut TcpStream, buf: &mut Vec<u8>) -> End {
-    let cfg = &core.cfg;
-    let mut served: u64 = 0;
-    // Body bytes of the last request still to be read and discarded.
-    let mut discard: u64 = 0;
+/// The decisions are the [`Session`]'s; this only moves bytes and keeps time.
+async fn requests(core: &Core, stream: &mut TcpStream, s: &mut Session) -> End {
+    // The header timeout runs from the first moment we wait for a request until it is answered.
+    let mut deadline: Option<Instant> = None;
     loop {
-        // Answer every complete request already buffered (pipelining), in one write.
-        let mut out: Vec<Bytes> = Vec::new();
-        let mut close_after = false;
-        while discard == 0 && !close_after {
-            let (consumed, reply) = match http::parse(buf, cfg.max_body) {
-                Verdict::Partial => break,
-                Verdict::Reject(r) => {
-                    flush(stream, out).await;
-                    return End::Reject(r);
-                }
-                Verdict::Request(req) if req.kind == Kind::Stream => {
-                    flush(stream, out).await;
-                    if !core.responses.origin_allowed(req.origin) {
-                        return End::Reject(Reject::OriginRefused);
-                    }
-                    if !core.cap.try_reserve() {
-                        return End::Reject(Reject::Busy);
-                    }
-                    if let Some(id) = req.last_event_id {
-                        tracing::debug!(last_event_id = %String::from_utf8_lossy(id),
-                            "stream resumes; tick events are not stored, it continues with the next tick");
-                    }
-                    return End::Stream(core.responses.stream_head(req.origin));
-                }
-                Verdict::Request(req) => {
-                    let reply = match req.kind {
-                        Kind::Preflight => core.responses.preflight(&req),
-                        _ => core.responses.ok_for(&req).clone(),
-                    };
-                    core.stats.inc(&core.stats.ok_requests);
-                    close_after = !req.keep_alive;
-                    let buffered_body = (buf.len() - req.head_len) as u64;
-                    let body = req.body_len.min(buffered_body);
-                    discard = req.body_len - body;
-                    (req.head_len + body as usize, reply)
-                }
-            };
-            buf.drain(..consumed);
-            out.push(reply);
-            served += 1;
+        let served = s.served();
+        let out = s.process(&core.responses, core.cfg.max_body);
+        if s.served() > served {
+            core.stats.add(&core.stats.ok_requests, s.served() - served);
+            deadline = None;
         }
-        if !flush(stream, out).await || close_after {
+        if !flush(stream, out.replies).await {
             return End::Closed;
         }
-        if buf.is_empty() {
-            core.put_buffer(std::mem::take(buf));
+        match out.next {
+            Next::NeedMore => {}
+            Next::Close => return End::Closed,
+            Next::Reject(r) => return End::Reject(r),
+            Next::Stream(head) if core.cap.try_reserve() => return End::Stream(head),
+            Next::Stream(_) => return End::Reject(Reject::Busy),
         }
-
-        // Need more bytes: the rest of a body to throw away, or the next request head.
-        let deadline = Instant::now() + cfg.header_timeout;
-        loop {
-            let idle = buf.is_empty() && discard == 0;
-            match read_more(core, stream, buf, deadline).await {
-                Ok(()) => {}
-                Err(NoMore::Closed) => return End::Closed,
-                // A kept-alive connection that stays silent is closed without a word.
-                Err(NoMore::Timeout) if idle && served > 0 => return End::Closed,
-                Err(NoMore::Timeout) => return End::Reject(Reject::Timeout),
-            }
-            if discard > 0 {
-                let n = (buf.len() as u64).min(discard);
-                buf.drain(..n as usize);
-                discard -= n;
-                if discard > 0 {
-                    continue;
-                }
-            }
-            break;
+        if s.buf.is_empty() {
+            core.put_buffer(std::mem::take(&mut s.buf));
+        }
+        let deadline = *deadline.get_or_insert_with(|| Instant::now() + core.cfg.header_timeout);
+        let idle = s.idle();
+        let room = s.room();
+        match read_more(core, stream, &mut s.buf, room, deadline).await {
+            Ok(()) => {}
+            Err(NoMore::Closed) => return End::Closed,
+            // A kept-alive connection that stays silent is closed without a word.
+            Err(NoMore::Timeout) if idle => return End::Closed,
+            Err(NoMore::Timeout) => return End::Reject(Reject::Timeout),
         }
     }
 }
 
-/// Appends what the client sends next to `buf`, by `deadline`. A silent client holds no buffer:
-/// we wait for readability first and take a buffer from the pool only when bytes are there.
+/// Appends at most `room` bytes from the client to `buf`, by `deadline`. A silent client holds no
+/// buffer: we wait for readability first and take a buffer from the pool only when bytes are there.
 async fn read_more(
     core: &Core,
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
+    room: usize,
     deadline: Instant,
 ) -> Result<(), NoMore> {
     let remaining = || deadline.saturating_duration_since(Instant::now());
@@ -224,11 +184,11 @@ async fn read_more(
         }
     }
     if buf.len() == buf.capacity() {
-        // Only a head that is still incomplete gets here (parse refuses one at MAX_HEAD).
-        buf.reserve_exact(MAX_HEAD.saturating_sub(buf.len()).max(1));
+        // A head larger than the pooled buffer: grow, up to the head limit.
+        buf.reserve_exact(room.min(MAX_HEAD));
     }
-    let (len, cap) = (buf.len(), buf.capacity());
-    let read = stream.read(std::mem::take(buf).slice_mut(len..cap));
+    let (start, end) = (buf.len(), buf.capacity().min(buf.len() + room));
+    let read = stream.read(std::mem::take(buf).slice_mut(start..end));
     // On a timeout the cancelled read keeps the buffer; `buf` stays empty.
     let (res, slice) = monoio::time::timeout(remaining(), read)
         .await

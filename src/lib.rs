@@ -9,6 +9,7 @@
 //! - [`config`]: flags and their validation;
 //! - [`http`]: request parsing, classification and the canned responses;
 //! - [`sse`]: the tick clock, frame encoding, the stream's response head;
+//! - [`session`]: the request phase as a state machine without I/O (fuzzed);
 //! - [`conn`]: a connection from accept until it becomes a stream;
 //! - [`streams`]: the per-core slab and the tick walk;
 //! - [`worker`]: one pinned runtime (driver choice, accept loop);
@@ -23,6 +24,7 @@ pub mod http;
 pub mod metrics;
 pub mod net;
 pub mod server;
+pub mod session;
 pub mod sse;
 pub mod streams;
 pub mod worker;
