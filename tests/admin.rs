@@ -17,15 +17,6 @@ fn get(addr: SocketAddr, path: &str) -> String {
     )
 }
 
-/// The value of one series (exact name with labels) in a Prometheus text exposition.
-fn series(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("{name} in\n{text}"))
-        .parse()
-        .unwrap()
-}
-
 fn metrics_count_what_happened(driver: &str) {
     let server = TestServer::start(driver, &["--interval", "100ms"]);
     let admin = server.admin.expect("admin listener");

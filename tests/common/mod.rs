@@ -45,7 +45,33 @@ impl TestServer {
     /// Like `start`, on a given `--listen` address: restarting a server on the port a stopped
     /// one had (the only case where a test does not use port 0).
     pub fn start_on(driver: &str, listen: &str, args: &[&str]) -> TestServer {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        Self::launch(driver, listen, args, None)
+    }
+
+    /// Like `start`, with the server's open-files hard (and so soft) limit set to `nofile`.
+    pub fn start_with_fd_limit(driver: &str, nofile: u64, args: &[&str]) -> TestServer {
+        Self::launch(driver, "127.0.0.1:0", args, Some(nofile))
+    }
+
+    fn launch(driver: &str, listen: &str, args: &[&str], nofile: Option<u64>) -> TestServer {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringcast"));
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only async-signal-safe calls between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                })
+            };
+        }
+        let mut child = cmd
             .args([
                 "--listen",
                 listen,
@@ -156,13 +182,14 @@ impl TestServer {
     /// Asserts that ids increase by one, except across ticks the server logged as skipped.
     pub fn assert_no_gaps(&self, events: &[Event]) {
         let skipped = self.skipped_ticks();
-        for w in events.windows(2) {
-            let (a, b) = (w[0].id_num(), w[1].id_num());
-            assert!(b > a, "ids increase: {events:?}");
+        let ids: Vec<u64> = events.iter().map(Event::id_num).collect();
+        for w in ids.windows(2) {
+            let (a, b) = (w[0], w[1]);
+            assert!(b > a, "ids increase: {ids:?}");
             for missing in a + 1..b {
                 assert!(
                     skipped.contains(&missing),
-                    "tick {missing} was neither received nor logged as skipped: {events:?}"
+                    "tick {missing} was neither received nor logged as skipped: {ids:?}"
                 );
             }
         }
@@ -491,4 +518,30 @@ impl Drop for ChildLines {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// GET `path` from the server's admin listener; returns the whole response.
+pub fn admin_get(server: &TestServer, path: &str) -> String {
+    let admin = server.admin.expect("admin listener");
+    request(
+        admin,
+        format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes(),
+    )
+}
+
+/// The value of one series (its exact name and labels) in a Prometheus text exposition.
+pub fn series(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("{name} in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+/// A `worker="total"` series from `/metrics`, e.g. `metric(&s, "streams_open")`.
+pub fn metric(server: &TestServer, name: &str) -> f64 {
+    series(
+        &admin_get(server, "/metrics"),
+        &format!("ringcast_{name}{{worker=\"total\"}}"),
+    )
 }
