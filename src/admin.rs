@@ -149,6 +149,71 @@ fn respond(conn: &mut TcpStream, status: u16, ctype: &str, body: &str) -> io::Re
     conn.write_all(body.as_bytes())
 }
 
+/// The plain per-worker series: (name, type, help, value).
+type Family = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&Snapshot) -> f64,
+);
+const FAMILIES: &[Family] = &[
+    ("streams_open", "gauge", "Streams open now.", |s| {
+        s.streams_open as f64
+    }),
+    ("streams_opened_total", "counter", "Streams opened.", |s| {
+        s.streams_opened as f64
+    }),
+    (
+        "connections_accepted_total",
+        "counter",
+        "Connections accepted.",
+        |s| s.connections_accepted as f64,
+    ),
+    (
+        "accept_errors_total",
+        "counter",
+        "Failed accepts (EMFILE and friends).",
+        |s| s.accept_errors as f64,
+    ),
+    (
+        "ok_requests_total",
+        "counter",
+        "Plain requests answered (ok, HEAD, OPTIONS).",
+        |s| s.ok_requests as f64,
+    ),
+    (
+        "frames_sent_total",
+        "counter",
+        "Frames written to streams.",
+        |s| s.frames_sent as f64,
+    ),
+    (
+        "bytes_sent_total",
+        "counter",
+        "Frame bytes written to streams.",
+        |s| s.bytes_sent as f64,
+    ),
+    (
+        "frames_skipped_total",
+        "counter",
+        "Ticks a stream skipped: its previous write was still pending.",
+        |s| s.frames_skipped as f64,
+    ),
+    ("ticks_total", "counter", "Tick walks.", |s| s.ticks as f64),
+    (
+        "ticks_missed_total",
+        "counter",
+        "Ticks not walked because the core was over an interval late.",
+        |s| s.ticks_missed as f64,
+    ),
+    (
+        "tick_walk_seconds_max",
+        "gauge",
+        "Longest tick walk.",
+        |s| s.walk_us_max as f64 / 1e6,
+    ),
+];
+
 /// The Prometheus text exposition: one series per worker (`worker="0"`, …) and one summed over
 /// the workers (`worker="total"`; leave it out when aggregating yourself).
 pub fn metrics(state: &State) -> String {
@@ -169,70 +234,15 @@ pub fn metrics(state: &State) -> String {
         .collect();
 
     let mut out = String::with_capacity(8192);
-    let mut family = |name: &str, kind: &str, help: &str, f: &dyn Fn(&Snapshot) -> f64| {
+    for (name, kind, help, value) in FAMILIES {
         let _ = writeln!(
             out,
             "# HELP ringcast_{name} {help}\n# TYPE ringcast_{name} {kind}"
         );
         for (w, s) in &rows {
-            let _ = writeln!(out, "ringcast_{name}{{worker=\"{w}\"}} {}", f(s));
+            let _ = writeln!(out, "ringcast_{name}{{worker=\"{w}\"}} {}", value(s));
         }
-    };
-    family("streams_open", "gauge", "Streams open now.", &|s| {
-        s.streams_open as f64
-    });
-    family("streams_opened_total", "counter", "Streams opened.", &|s| {
-        s.streams_opened as f64
-    });
-    family(
-        "connections_accepted_total",
-        "counter",
-        "Connections accepted.",
-        &|s| s.connections_accepted as f64,
-    );
-    family(
-        "accept_errors_total",
-        "counter",
-        "Failed accepts (EMFILE and friends).",
-        &|s| s.accept_errors as f64,
-    );
-    family(
-        "ok_requests_total",
-        "counter",
-        "Plain requests answered (ok, HEAD, OPTIONS).",
-        &|s| s.ok_requests as f64,
-    );
-    family(
-        "frames_sent_total",
-        "counter",
-        "Frames written to streams.",
-        &|s| s.frames_sent as f64,
-    );
-    family(
-        "bytes_sent_total",
-        "counter",
-        "Frame bytes written to streams.",
-        &|s| s.bytes_sent as f64,
-    );
-    family(
-        "frames_skipped_total",
-        "counter",
-        "Ticks a stream skipped: its previous write was still pending.",
-        &|s| s.frames_skipped as f64,
-    );
-    family("ticks_total", "counter", "Tick walks.", &|s| s.ticks as f64);
-    family(
-        "ticks_missed_total",
-        "counter",
-        "Ticks not walked because the core was over an interval late.",
-        &|s| s.ticks_missed as f64,
-    );
-    family(
-        "tick_walk_seconds_max",
-        "gauge",
-        "Longest tick walk.",
-        &|s| s.walk_us_max as f64 / 1e6,
-    );
+    }
 
     let _ = writeln!(
         out,

@@ -28,6 +28,7 @@ use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 use slab::Slab;
 
+use crate::config::Config;
 use crate::metrics::{CloseReason, WorkerStats};
 use crate::net;
 use crate::sse::{FrameEncoder, TickClock};
@@ -194,21 +195,15 @@ pub struct Walker {
 }
 
 impl Walker {
-    pub fn new(
-        streams: Rc<Streams>,
-        stats: Arc<WorkerStats>,
-        clock: TickClock,
-        encoder: FrameEncoder,
-        max_inflight: usize,
-        max_skips: u8,
-    ) -> Self {
+    pub fn new(streams: Rc<Streams>, stats: Arc<WorkerStats>, cfg: &Config) -> Self {
+        let clock = TickClock::new(cfg.interval);
         Walker {
             streams,
             stats,
             clock,
-            encoder,
-            max_inflight: max_inflight.max(1),
-            max_skips,
+            encoder: FrameEncoder::new(&cfg.event, &cfg.data),
+            max_inflight: cfg.max_inflight.max(1),
+            max_skips: cfg.max_skips,
             stall: (clock.interval() / 8).clamp(
                 std::time::Duration::from_millis(1),
                 std::time::Duration::from_millis(20),

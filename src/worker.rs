@@ -19,7 +19,6 @@ use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 use crate::config::{Config, DriverChoice};
 use crate::conn::{self, Core};
 use crate::metrics::WorkerStats;
-use crate::sse::{FrameEncoder, TickClock};
 use crate::streams::{StreamCap, Streams, Walker};
 
 type Runtime = monoio::FusionRuntime<TimeDriver<IoUringDriver>, TimeDriver<LegacyDriver>>;
@@ -184,14 +183,7 @@ pub fn run(spec: Spec) {
 
         let streams = Rc::new(Streams::new(cap.clone(), stats.clone()));
         let core = Rc::new(Core::new(cfg.clone(), streams.clone(), cap, stats.clone()));
-        let walker = Walker::new(
-            streams.clone(),
-            stats.clone(),
-            TickClock::new(cfg.interval),
-            FrameEncoder::new(&cfg.event, &cfg.data),
-            cfg.max_inflight,
-            cfg.max_skips,
-        );
+        let walker = Walker::new(streams.clone(), stats.clone(), &cfg);
         let accepting = std::pin::pin!(accept_loop(id, listener, core));
         let walking = std::pin::pin!(walker.run());
         let serving = select(accepting, walking);
