@@ -99,6 +99,10 @@ pub struct Args {
     #[arg(long, default_value = "127.0.0.1:9090", value_parser = parse_admin, value_name = "ADDR|none")]
     pub admin_listen: AdminListen,
 
+    /// Print what this kernel's io_uring offers (setup, FEAT flags, opcodes) as JSON, and exit.
+    #[arg(long)]
+    pub probe_uring: bool,
+
     /// Log filter (tracing EnvFilter syntax); RUST_LOG overrides it.
     #[arg(long, default_value = "info", value_name = "FILTER")]
     pub log: String,

@@ -27,6 +27,7 @@ pub mod server;
 pub mod session;
 pub mod sse;
 pub mod streams;
+pub mod uring_facts;
 pub mod worker;
 
 pub use config::{Args, Config};

@@ -11,6 +11,10 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.probe_uring {
+        println!("{}", ringcast::uring_facts::probe());
+        return ExitCode::SUCCESS;
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&args.log))
         .unwrap_or_else(|e| {
