@@ -72,8 +72,9 @@ pub struct RunArgs {
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     #[serde(with = "duration_ms")]
     pub warmup: Duration,
-    /// The server's tick interval: event id N was scheduled at N x interval since the epoch.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    /// The server's tick interval: event id N was scheduled at N x interval since the epoch
+    /// (ringcast's default is 2s).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
     #[serde(with = "duration_ms")]
     pub interval: Duration,
     /// Reconnection delay when the stream set none with `retry:`.
@@ -111,6 +112,10 @@ pub struct RunArgs {
     /// Sample this server process (same host): RSS, CPU time, kernel socket memory.
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// URL of the server's self-description (e.g. ringcast's admin `/info`), fetched once
+    /// before the ramp and stored in the result.
+    #[arg(long, value_name = "URL")]
+    pub server_info: Option<String>,
     /// Free text stored in the result's environment.
     #[arg(long)]
     pub label: Option<String>,

@@ -84,7 +84,11 @@ pub async fn run(core: Rc<Core>, k: usize) {
             .checked_add(delay)
             .unwrap_or(plan.end)
             .min(plan.end);
-        monoio::time::sleep_until(monoio::time::Instant::from_std(at)).await;
+        // Boxed: a rare wait should not grow every connection's resident future.
+        Box::pin(monoio::time::sleep_until(monoio::time::Instant::from_std(
+            at,
+        )))
+        .await;
         if core.stopping.get() || Instant::now() >= plan.end {
             break;
         }
@@ -116,6 +120,16 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
+/// A stream whose response head was accepted.
+struct Opened<'a> {
+    registered: Registered<'a>,
+    stream: TcpStream,
+    head: http::Head,
+}
+
+/// One connection attempt: the handshake runs in its own boxed future, so its large state
+/// (connect, write, timeouts) is freed once the stream is open and the connection's resident
+/// future only holds what reading the stream needs.
 async fn attempt(
     core: &Core,
     target: &Target,
@@ -123,88 +137,24 @@ async fn attempt(
     conn: &mut Conn,
     buf: &mut Vec<u8>,
 ) -> AttemptEnd {
-    let plan = &core.plan;
-    core.rec.borrow_mut().counters.attempted += 1;
     let started = Instant::now();
-    let mut stream =
-        match monoio::time::timeout(plan.connect_timeout, connect(target.addr, source)).await {
-            Err(_) => return AttemptEnd::Failed(FailureKind::Timeout, None),
-            Ok(Err(e)) => return failed_io(e),
-            Ok(Ok(s)) => s,
-        };
-    record(
-        &mut core.rec.borrow_mut().histograms.connect,
-        micros(started.elapsed()),
-    );
-    let _registered = Registered::new(core, stream.as_raw_fd());
-    if core.stopping.get() {
-        return AttemptEnd::Stopped;
-    }
-    let _ = stream.set_nodelay(true);
-    let (res, _) = stream
-        .write_all(target.request(conn.parser.last_event_id()))
-        .await;
-    if let Err(e) = res {
-        return failed_io(e);
-    }
-
-    // Response head.
-    let head_deadline = monoio::time::Instant::from_std(Instant::now() + plan.connect_timeout);
-    buf.clear();
-    let head = loop {
-        if buf.len() == buf.capacity() {
-            if buf.capacity() >= MAX_HEAD {
-                return AttemptEnd::Failed(FailureKind::Protocol, None);
-            }
-            buf.reserve(buf.capacity().max(64));
-        }
-        let (len, cap) = (buf.len(), buf.capacity());
-        let read = stream.read(std::mem::take(buf).slice_mut(len..cap));
-        let (res, slice) = match monoio::time::timeout_at(head_deadline, read).await {
-            Ok(r) => r,
-            Err(_) => {
-                *buf = Vec::with_capacity(plan.read_buffer);
-                return AttemptEnd::Failed(FailureKind::Timeout, None);
-            }
-        };
-        *buf = slice.into_inner();
-        match res {
-            Ok(0) if core.stopping.get() => return AttemptEnd::Stopped,
-            Ok(0) => return AttemptEnd::Failed(FailureKind::Closed, None),
-            Ok(_) => {}
-            Err(e) => return failed_io(e),
-        }
-        match http::parse_head(buf) {
-            Ok(head) => break head,
-            Err(HeadError::Partial) => continue,
-            Err(HeadError::Status(_)) => return AttemptEnd::Failed(FailureKind::BadStatus, None),
-            Err(HeadError::ContentType) => {
-                return AttemptEnd::Failed(FailureKind::BadContentType, None)
-            }
-            Err(HeadError::Malformed) => return AttemptEnd::Failed(FailureKind::Protocol, None),
-        }
+    let Opened {
+        registered,
+        mut stream,
+        head,
+    } = match Box::pin(handshake(core, target, source, conn, buf, started)).await {
+        Ok(opened) => opened,
+        Err(end) => return end,
     };
-    {
-        let mut rec = core.rec.borrow_mut();
-        record(&mut rec.histograms.headers, micros(started.elapsed()));
-        let c = &mut rec.counters;
-        c.opened += 1;
-        c.open += 1;
-        c.peak_open = c.peak_open.max(c.open);
-    }
-    if let Some(server) = head.server {
-        core.server_banner.borrow_mut().get_or_insert(server);
-    }
-    conn.ever_open = true;
-
+    let opened_at = Instant::now();
     let mut stream_state = StreamState {
         framing: head.framing,
         started,
         first_event_pending: true,
     };
     let mut done = feed(core, conn, &mut stream_state, &buf[head.len..]);
-    if buf.capacity() > plan.read_buffer {
-        *buf = Vec::with_capacity(plan.read_buffer);
+    if buf.capacity() > core.plan.read_buffer {
+        *buf = Vec::with_capacity(core.plan.read_buffer);
     }
     while !done {
         buf.clear();
@@ -215,13 +165,113 @@ async fn attempt(
             Ok(n) => feed(core, conn, &mut stream_state, &buf[..n]),
         };
     }
-    core.rec.borrow_mut().counters.open -= 1;
+    drop(registered);
+    drop(stream);
+    let mut rec = core.rec.borrow_mut();
+    rec.counters.open -= 1;
     conn.parser.end_of_stream();
     if core.stopping.get() {
+        // A stream that went quiet never shows a gap in its ids: catch it here.
+        let last_activity = conn.last_event_at.map_or(opened_at, |t| t.max(opened_at));
+        let quiet = core
+            .stopped_at
+            .get()
+            .saturating_duration_since(last_activity);
+        if quiet > core.plan.stall_after() {
+            rec.counters.stalled_streams += 1;
+        }
         AttemptEnd::Stopped
     } else {
         AttemptEnd::StreamEnded
     }
+}
+
+async fn handshake<'a>(
+    core: &'a Core,
+    target: &Target,
+    source: Option<IpAddr>,
+    conn: &mut Conn,
+    buf: &mut Vec<u8>,
+    started: Instant,
+) -> Result<Opened<'a>, AttemptEnd> {
+    let plan = &core.plan;
+    core.rec.borrow_mut().counters.attempted += 1;
+    let stream =
+        match monoio::time::timeout(plan.connect_timeout, connect(target.addr, source)).await {
+            Err(_) => return Err(AttemptEnd::Failed(FailureKind::Timeout, None)),
+            Ok(Err(e)) => return Err(failed_io(e)),
+            Ok(Ok(s)) => s,
+        };
+    record(
+        &mut core.rec.borrow_mut().histograms.connect,
+        micros(started.elapsed()),
+    );
+    let registered = Registered::new(core, stream.as_raw_fd());
+    let mut stream = stream;
+    if core.stopping.get() {
+        return Err(AttemptEnd::Stopped);
+    }
+    let _ = stream.set_nodelay(true);
+    let (res, _) = stream
+        .write_all(target.request(conn.parser.last_event_id()))
+        .await;
+    if let Err(e) = res {
+        return Err(failed_io(e));
+    }
+
+    let head_deadline = monoio::time::Instant::from_std(Instant::now() + plan.connect_timeout);
+    buf.clear();
+    let head = loop {
+        if buf.len() == buf.capacity() {
+            if buf.capacity() >= MAX_HEAD {
+                return Err(AttemptEnd::Failed(FailureKind::Protocol, None));
+            }
+            buf.reserve(buf.capacity().max(64));
+        }
+        let (len, cap) = (buf.len(), buf.capacity());
+        let read = stream.read(std::mem::take(buf).slice_mut(len..cap));
+        let (res, slice) = match monoio::time::timeout_at(head_deadline, read).await {
+            Ok(r) => r,
+            Err(_) => {
+                *buf = Vec::with_capacity(plan.read_buffer);
+                return Err(AttemptEnd::Failed(FailureKind::Timeout, None));
+            }
+        };
+        *buf = slice.into_inner();
+        match res {
+            Ok(0) if core.stopping.get() => return Err(AttemptEnd::Stopped),
+            Ok(0) => return Err(AttemptEnd::Failed(FailureKind::Closed, None)),
+            Ok(_) => {}
+            Err(e) => return Err(failed_io(e)),
+        }
+        let kind = match http::parse_head(buf) {
+            Ok(head) => break head,
+            Err(HeadError::Partial) => continue,
+            Err(HeadError::Status(_)) => FailureKind::BadStatus,
+            Err(HeadError::ContentType) => FailureKind::BadContentType,
+            Err(HeadError::Malformed) => FailureKind::Protocol,
+        };
+        return Err(AttemptEnd::Failed(kind, None));
+    };
+    {
+        let mut rec = core.rec.borrow_mut();
+        record(&mut rec.histograms.headers, micros(started.elapsed()));
+        let c = &mut rec.counters;
+        c.opened += 1;
+        c.open += 1;
+        c.peak_open = c.peak_open.max(c.open);
+    }
+    if let Some(server) = &head.server {
+        core.server_banner
+            .borrow_mut()
+            .get_or_insert_with(|| server.clone());
+    }
+    conn.ever_open = true;
+    Ok(Opened {
+        registered,
+        stream,
+        head,
+    })
 }
 
 struct StreamState {
@@ -234,13 +284,14 @@ struct StreamState {
 /// (body complete or unusable).
 fn feed(core: &Core, conn: &mut Conn, st: &mut StreamState, bytes: &[u8]) -> bool {
     if bytes.is_empty() {
-        return false;
+        // Nothing to parse; only an empty `Content-Length: 0` body is already complete.
+        return matches!(st.framing, Framing::Length(0));
     }
     let plan = &core.plan;
     let now = Instant::now();
     let wall_us = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| micros(d));
+        .map_or(0, micros);
     let measuring = now >= plan.measure_from;
     let mut rec = core.rec.borrow_mut();
     let rec = &mut *rec;
@@ -288,8 +339,13 @@ fn on_event(
 ) {
     let c = &mut rec.counters;
     c.events += 1;
-    match e.last_event_id.parse::<u64>() {
-        Ok(id) => {
+    let own_id = if e.has_own_id {
+        e.last_event_id.parse::<u64>().ok()
+    } else {
+        None
+    };
+    match own_id {
+        Some(id) => {
             let scheduled = id.saturating_mul(interval_us);
             let latency = wall_us.checked_sub(scheduled).unwrap_or_else(|| {
                 c.early_events += 1;
@@ -308,7 +364,7 @@ fn on_event(
                 *last_id = Some(id);
             }
         }
-        Err(_) => c.unnumbered_events += 1,
+        None => c.unnumbered_events += 1,
     }
     if let (Some(prev), true) = (*last_event_at, measuring) {
         record(&mut rec.histograms.gap, micros(now - prev));
@@ -384,4 +440,128 @@ fn set_blocking(fd: RawFd) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every open connection holds one of these futures: keep it well inside the
+    /// per-connection memory budget (2 KiB with the read buffer and the parser's strings).
+    #[test]
+    fn connection_future_stays_small() {
+        use std::sync::Arc;
+        let plan = Arc::new(crate::engine::Plan {
+            targets: vec![crate::http::Target::parse("http://127.0.0.1:1/").unwrap()],
+            sources: vec![],
+            connections: 1,
+            rate: 1.0,
+            threads: 1,
+            driver: crate::cli::Driver::Epoll,
+            ring_entries: 64,
+            start: std::time::Instant::now(),
+            ramp_end: std::time::Instant::now(),
+            measure_from: std::time::Instant::now(),
+            end: std::time::Instant::now(),
+            interval_us: 1,
+            retry_default: std::time::Duration::from_secs(1),
+            connect_timeout: std::time::Duration::from_secs(1),
+            read_buffer: 512,
+        });
+        let core = std::rc::Rc::new(crate::engine::Core {
+            plan,
+            rec: Default::default(),
+            sockets: Default::default(),
+            stopping: Default::default(),
+            stopped_at: std::cell::Cell::new(std::time::Instant::now()),
+            tasks: Default::default(),
+            server_banner: Default::default(),
+        });
+        let future = super::run(core, 0);
+        let size = std::mem::size_of_val(&future);
+        assert!(size <= 1024, "connection future is {size} bytes");
+    }
+}
+
+#[cfg(test)]
+mod event_tests {
+    use std::time::{Duration, Instant};
+
+    use super::on_event;
+    use crate::metrics::Recorder;
+    use crate::parser::Event;
+
+    const INTERVAL_US: u64 = 100_000;
+
+    struct Stream {
+        rec: Recorder,
+        last_id: Option<u64>,
+        last_event_at: Option<Instant>,
+        t0: Instant,
+    }
+
+    impl Stream {
+        fn new() -> Self {
+            Stream {
+                rec: Recorder::default(),
+                last_id: None,
+                last_event_at: None,
+                t0: Instant::now(),
+            }
+        }
+
+        /// Event `id` arriving `late_us` after its scheduled time.
+        fn event(&mut self, id: &str, late_us: i64, measuring: bool) {
+            let scheduled = id.parse::<u64>().map_or(0, |n| n * INTERVAL_US);
+            let wall_us = scheduled.saturating_add_signed(late_us);
+            let now = self.t0 + Duration::from_micros(wall_us % 10_000_000_000);
+            let e = Event {
+                event_type: "message",
+                data: "hello",
+                last_event_id: id,
+                has_own_id: !id.is_empty(),
+            };
+            on_event(
+                &mut self.rec,
+                e,
+                now,
+                wall_us,
+                measuring,
+                INTERVAL_US,
+                &mut self.last_id,
+                &mut self.last_event_at,
+            );
+        }
+    }
+
+    #[test]
+    fn sequence_gaps_duplicates_and_latency() {
+        let mut s = Stream::new();
+        s.event("10", 1500, true);
+        s.event("11", 2500, true);
+        s.event("14", 500, true); // 12 and 13 never came
+        s.event("13", 500, true); // late and out of order: not above 14
+        s.event("15", -200, true); // before its time: clock skew
+        s.event("abc", 0, true);
+        let c = &s.rec.counters;
+        assert_eq!(c.events, 6);
+        assert_eq!(c.missed_ids, 2);
+        assert_eq!(c.duplicates, 1);
+        assert_eq!(c.early_events, 1);
+        assert_eq!(c.unnumbered_events, 1);
+        let h = &s.rec.histograms;
+        assert_eq!(h.delivery.len(), 5);
+        assert_eq!(h.delivery.max(), h.delivery.highest_equivalent(2500));
+        assert_eq!(h.gap.len(), 5);
+    }
+
+    #[test]
+    fn warmup_events_count_but_are_not_recorded() {
+        let mut s = Stream::new();
+        s.event("1", 1000, false);
+        s.event("2", 1000, false);
+        s.event("4", 1000, true);
+        assert_eq!(s.rec.counters.events, 3);
+        assert_eq!(s.rec.counters.missed_ids, 1);
+        assert_eq!(s.rec.histograms.delivery.len(), 1);
+        assert_eq!(s.rec.histograms.gap.len(), 1);
+    }
 }

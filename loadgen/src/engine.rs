@@ -13,6 +13,7 @@ use std::cell::{Cell, RefCell};
 use std::net::IpAddr;
 use std::os::fd::RawFd;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -50,10 +51,18 @@ pub struct Plan {
 
 /// How long a core waits for its connections to wind down after the end.
 pub const GRACE: Duration = Duration::from_secs(2);
+/// How often a core looks for an early stop request.
+pub const STOP_POLL: Duration = Duration::from_millis(100);
 /// How often a core publishes its live snapshot.
 pub const PUBLISH_EVERY: Duration = Duration::from_millis(500);
 
 impl Plan {
+    /// An open stream that received nothing for this long when the run ended is stalled:
+    /// two tick intervals plus a second of slack for a loaded machine.
+    pub fn stall_after(&self) -> Duration {
+        Duration::from_micros(self.interval_us.saturating_mul(2)) + Duration::from_secs(1)
+    }
+
     /// When connection `k` is due to start.
     pub fn start_of(&self, k: usize) -> Instant {
         self.start + Duration::from_secs_f64(k as f64 / self.rate)
@@ -80,6 +89,8 @@ impl Default for Snapshot {
 #[derive(Debug)]
 pub struct Live {
     slots: Vec<Mutex<Snapshot>>,
+    /// Set to end the run before its planned end (Ctrl-C).
+    stop: AtomicBool,
 }
 
 impl Live {
@@ -88,6 +99,7 @@ impl Live {
             slots: (0..cores)
                 .map(|_| Mutex::new(Snapshot::default()))
                 .collect(),
+            stop: AtomicBool::new(false),
         }
     }
 
@@ -102,6 +114,15 @@ impl Live {
                 .expect("histograms share bounds");
         }
         total
+    }
+
+    /// Ends the run early: the cores stop within a tenth of a second.
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
     }
 
     fn publish(&self, core: usize, snapshot: Snapshot) {
@@ -127,6 +148,8 @@ pub struct Core {
     /// Sockets of the core's open connections, to shut down at the end.
     pub sockets: RefCell<Slab<RawFd>>,
     pub stopping: Cell<bool>,
+    /// When the core began stopping (the planned end, or earlier when interrupted).
+    pub stopped_at: Cell<Instant>,
     pub tasks: Cell<usize>,
     pub server_banner: RefCell<Option<String>>,
 }
@@ -153,9 +176,21 @@ fn build_runtime(driver: Driver, entries: u32) -> Result<Runtime, String> {
         Driver::Epoll => epoll(),
         // The fusion builder trusts detection even when building the ring then fails
         // (e.g. RLIMIT_MEMLOCK or a seccomp filter), so try the ring and fall back here.
-        Driver::Auto if monoio::utils::detect_uring() => uring().or_else(|_| epoll()),
-        Driver::Auto => epoll(),
+        Driver::Auto if monoio::utils::detect_uring() => uring().or_else(|e| {
+            say_fallback(&format!("building an io_uring runtime failed ({e})"));
+            epoll()
+        }),
+        Driver::Auto => {
+            say_fallback("the kernel does not offer io_uring");
+            epoll()
+        }
     }
+}
+
+/// Tells once per process why `--driver auto` ended up on epoll.
+fn say_fallback(why: &str) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| eprintln!("ringcast-loadgen: {why}; using epoll"));
 }
 
 /// Starts the cores; returns once every runtime is built (or the first failed to build).
@@ -210,6 +245,7 @@ async fn run_core(index: usize, plan: Arc<Plan>, live: Arc<Live>) -> CoreResult 
         rec: RefCell::new(Recorder::default()),
         sockets: RefCell::new(Slab::new()),
         stopping: Cell::new(false),
+        stopped_at: Cell::new(plan.end),
         tasks: Cell::new(0),
         server_banner: RefCell::new(None),
     });
@@ -227,7 +263,7 @@ async fn run_core(index: usize, plan: Arc<Plan>, live: Arc<Live>) -> CoreResult 
     let mut k = index;
     while k < plan.connections {
         let now = Instant::now();
-        if now >= plan.end {
+        if now >= plan.end || live.stop_requested() {
             break;
         }
         while k < plan.connections && plan.start_of(k) <= now {
@@ -236,11 +272,19 @@ async fn run_core(index: usize, plan: Arc<Plan>, live: Arc<Live>) -> CoreResult 
             k += plan.threads;
         }
         if k < plan.connections {
-            sleep_until(plan.start_of(k).min(plan.end)).await;
+            let next = plan.start_of(k).min(plan.end).min(now + STOP_POLL);
+            sleep_until(next).await;
         }
     }
 
-    sleep_until(plan.end).await;
+    loop {
+        let now = Instant::now();
+        if now >= plan.end || live.stop_requested() {
+            break;
+        }
+        sleep_until(plan.end.min(now + STOP_POLL)).await;
+    }
+    core.stopped_at.set(Instant::now().min(plan.end));
     core.stopping.set(true);
     for (_, &fd) in core.sockets.borrow().iter() {
         // SAFETY: the fd belongs to a live connection; it is unregistered before it closes.

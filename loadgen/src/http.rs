@@ -299,6 +299,55 @@ impl Chunked {
     }
 }
 
+/// Fetches a small document over plain HTTP/1.1 with blocking std sockets: used once, before
+/// the ramp, for the server's self-description (`--server-info`, e.g. ringcast's admin
+/// `/info`). A JSON body is kept as JSON, anything else as a string.
+pub fn fetch_info(url: &str, timeout: std::time::Duration) -> Result<serde_json::Value, String> {
+    use std::io::{Read, Write};
+    const MAX_BODY: u64 = 1024 * 1024;
+    let target = Target::parse(url)?;
+    let mut s = std::net::TcpStream::connect_timeout(&target.addr, timeout)
+        .map_err(|e| format!("{url}: {e}"))?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nConnection: close\r\n\r\n",
+        target.path, target.host
+    );
+    s.write_all(request.as_bytes())
+        .map_err(|e| format!("{url}: {e}"))?;
+    let mut raw = Vec::new();
+    s.take(MAX_BODY)
+        .read_to_end(&mut raw)
+        .map_err(|e| format!("{url}: {e}"))?;
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let len = match resp.parse(&raw) {
+        Ok(httparse::Status::Complete(n)) => n,
+        _ => return Err(format!("{url}: no complete HTTP response")),
+    };
+    if resp.code != Some(200) {
+        return Err(format!("{url}: status {}", resp.code.unwrap_or(0)));
+    }
+    let mut body = &raw[len..];
+    let declared = resp.headers.iter().find_map(|h| {
+        h.name.eq_ignore_ascii_case("content-length").then(|| {
+            std::str::from_utf8(h.value)
+                .ok()?
+                .trim()
+                .parse::<usize>()
+                .ok()
+        })?
+    });
+    if let Some(n) = declared {
+        body = &body[..n.min(body.len())];
+    }
+    Ok(serde_json::from_slice(body)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(body).into_owned())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,6 +478,33 @@ mod tests {
             let (_, r) = decode_all(&mut Framing::Chunked(Chunked::default()), bad, 0);
             assert_eq!(r, Err(BodyError::BadChunk), "{bad:?}");
         }
+    }
+
+    fn serve_once(response: &'static str) -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/info", l.local_addr().unwrap());
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(response.as_bytes());
+        });
+        url
+    }
+
+    #[test]
+    fn info_documents() {
+        let t = std::time::Duration::from_secs(10);
+        let json = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 16\r\n\r\n{\"workers\": 2}\n\ntrailing";
+        let v = fetch_info(&serve_once(json), t).unwrap();
+        assert_eq!(v["workers"], 2);
+        let text = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nringcast 0.1";
+        assert_eq!(fetch_info(&serve_once(text), t).unwrap(), "ringcast 0.1");
+        let missing = "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
+        assert!(fetch_info(&serve_once(missing), t)
+            .unwrap_err()
+            .contains("404"));
     }
 
     #[test]

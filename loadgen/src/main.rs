@@ -16,6 +16,7 @@ mod result;
 use std::io::{IsTerminal, Write as _};
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,19 +42,28 @@ fn main() -> ExitCode {
     }
 }
 
-fn write_outputs(result: &RunResult, out: Option<&Path>, hgrm: Option<&Path>) -> Result<(), String> {
+fn write_outputs(
+    result: &RunResult,
+    out: Option<&Path>,
+    hgrm: Option<&Path>,
+) -> Result<(), String> {
     if let Some(path) = out {
         result.save(path)?;
     }
     if let Some(path) = hgrm {
         let histograms = result.decode_histograms()?;
-        std::fs::write(path, report::hgrm(&histograms.delivery)).map_err(|e| format!("{}: {e}", path.display()))?;
+        std::fs::write(path, report::hgrm(&histograms.delivery))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
     }
     Ok(())
 }
 
 fn merge(args: MergeArgs) -> Result<(), String> {
-    let parts = args.files.iter().map(|f| RunResult::load(f)).collect::<Result<Vec<_>, _>>()?;
+    let parts = args
+        .files
+        .iter()
+        .map(|f| RunResult::load(f))
+        .collect::<Result<Vec<_>, _>>()?;
     let merged = RunResult::merge(parts)?;
     print!("{}", report::final_report(&merged));
     write_outputs(&merged, args.out.as_deref(), args.hgrm.as_deref())
@@ -83,6 +93,11 @@ fn validate(args: &RunArgs) -> Result<(), String> {
     if args.read_buffer < 64 {
         return Err("--read-buffer must be at least 64 bytes".into());
     }
+    if args.warmup >= args.duration {
+        return Err(
+            "--warmup must be shorter than --duration (it is the start of the hold)".into(),
+        );
+    }
     if args.threads == Some(0) {
         return Err("--threads must be at least 1".into());
     }
@@ -111,10 +126,40 @@ fn run(args: RunArgs) -> Result<(), String> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let threads = threads.min(args.connections);
     let mut environment = probe::environment(args.label.clone());
+    let mut notes = Vec::new();
+    let server_info = args.server_info.as_deref().and_then(|url| {
+        http::fetch_info(url, Duration::from_secs(3))
+            .map_err(|e| {
+                eprintln!("ringcast-loadgen: --server-info: {e}");
+                notes.push(format!("--server-info could not be read: {e}"));
+            })
+            .ok()
+    });
+    // A server that states its interval (ringcast's /info has `interval_ms`) can be checked.
+    if let Some(server_ms) = server_info.as_ref().and_then(|i| i["interval_ms"].as_f64()) {
+        let ours = args.interval.as_secs_f64() * 1e3;
+        if (server_ms - ours).abs() > f64::EPSILON {
+            let warning = format!(
+                "the server's interval is {server_ms} ms but --interval is {ours} ms: delivery latencies are wrong"
+            );
+            eprintln!("ringcast-loadgen: warning: {warning}");
+            notes.push(warning);
+        }
+    }
 
+    // Ctrl-C (or SIGTERM) ends the run early with a report; a second one exits at once.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register_conditional_shutdown(signal, 130, interrupted.clone());
+        let _ = signal_hook::flag::register(signal, interrupted.clone());
+    }
+
+    let too_long = || "the ramp and hold are too long to schedule".to_string();
     let start = Instant::now() + Duration::from_millis(200);
-    let ramp = Duration::from_secs_f64(args.connections as f64 / args.rate);
-    let ramp_end = start + ramp;
+    let ramp =
+        Duration::try_from_secs_f64(args.connections as f64 / args.rate).map_err(|_| too_long())?;
+    let ramp_end = start.checked_add(ramp).ok_or_else(too_long)?;
+    let end = ramp_end.checked_add(args.duration).ok_or_else(too_long)?;
     let plan = Arc::new(Plan {
         targets,
         sources: args.source_addrs.clone().map(|s| s.0).unwrap_or_default(),
@@ -126,7 +171,7 @@ fn run(args: RunArgs) -> Result<(), String> {
         start,
         ramp_end,
         measure_from: ramp_end + args.warmup,
-        end: ramp_end + args.duration,
+        end,
         interval_us: u64::try_from(args.interval.as_micros()).unwrap_or(u64::MAX),
         retry_default: args.retry_default,
         connect_timeout: args.connect_timeout,
@@ -140,7 +185,7 @@ fn run(args: RunArgs) -> Result<(), String> {
         ..Resources::default()
     };
 
-    monitor(&args, &plan, &live, &mut resources);
+    let early = monitor(&args, &plan, &live, &mut resources, &interrupted);
 
     let mut recorder = Recorder::default();
     let mut drivers = Vec::new();
@@ -154,16 +199,27 @@ fn run(args: RunArgs) -> Result<(), String> {
         unfinished += core.unfinished;
     }
     drivers.dedup();
-    environment.loadgen_driver = if drivers.len() == 1 { drivers[0].to_string() } else { "mixed".into() };
+    environment.loadgen_driver = if drivers.len() == 1 {
+        drivers[0].to_string()
+    } else {
+        "mixed".into()
+    };
     environment.loadgen_threads = threads;
     resources.derive();
 
-    let notes = vec![format!(
+    notes.insert(0, format!(
         "delivery latency is receive time minus the event's scheduled time (id x {} ms since the Unix epoch); \
          it is only meaningful when the server and the loadgen share a clock (one host, or synced clocks) \
          and --interval matches the server's",
         args.interval.as_secs_f64() * 1e3
-    )];
+    ));
+    if let Some(at) = early {
+        let held = at.saturating_duration_since(plan.ramp_end).as_secs_f64();
+        notes.push(format!(
+            "interrupted: the run ended early, after {held:.1} s of the {:.1} s hold",
+            args.duration.as_secs_f64()
+        ));
+    }
     let config = serde_json::to_value(&args).map_err(|e| e.to_string())?;
     let run = Run {
         environment,
@@ -171,6 +227,7 @@ fn run(args: RunArgs) -> Result<(), String> {
         server: Server {
             banner,
             urls: args.urls.clone(),
+            info: server_info,
         },
         resources,
         unfinished_connections: unfinished,
@@ -182,41 +239,95 @@ fn run(args: RunArgs) -> Result<(), String> {
 
 /// Prints the status line each second (and a progress bar during the ramp on a terminal)
 /// and takes the resource samples, until the run's end.
-fn monitor(args: &RunArgs, plan: &Plan, live: &Live, resources: &mut Resources) {
+/// Returns when the run ended early because of Ctrl-C (or SIGTERM), with the time it did.
+fn monitor(
+    args: &RunArgs,
+    plan: &Plan,
+    live: &Live,
+    resources: &mut Resources,
+    interrupted: &AtomicBool,
+) -> Option<Instant> {
     let tty = std::io::stderr().is_terminal() && !args.quiet;
     let mut last_status = Instant::now();
-    let mut last_events = 0u64;
+    // (time, events) of recent status lines: the rate is taken over at least one tick
+    // interval, so a 2 s interval does not read as alternating 0 and 2x events/s.
+    let mut history: std::collections::VecDeque<(Instant, u64)> = [(last_status, 0)].into();
+    let window = args.interval.max(Duration::from_secs(1));
     let mut bar_drawn = false;
     // The end-of-hold sample is taken a little before the end, while everything is open.
-    let hold_end_at = plan.end.checked_sub(Duration::from_millis(600)).unwrap_or(plan.end).max(plan.ramp_end);
+    let hold_end_at = plan
+        .end
+        .checked_sub(Duration::from_millis(600))
+        .unwrap_or(plan.end)
+        .max(plan.measure_from);
+    let mut early = None;
     loop {
         let now = Instant::now();
         if now >= plan.end {
             break;
         }
+        if interrupted.load(Ordering::Relaxed) {
+            live.request_stop();
+            let snap = live.total();
+            if resources.hold_end.is_none() {
+                resources.hold_end = Some(probe::sample(
+                    args.server_pid,
+                    snap.counters.open,
+                    snap.counters.events,
+                ));
+            }
+            early = Some(now);
+            break;
+        }
         let in_ramp = now < plan.ramp_end;
-        let step = if tty && in_ramp { Duration::from_millis(100) } else { Duration::from_millis(250) };
+        let step = if tty && in_ramp {
+            Duration::from_millis(100)
+        } else {
+            Duration::from_millis(250)
+        };
         std::thread::sleep(step.min(plan.end - now));
         let now = Instant::now();
         let snap = live.total();
-        if resources.hold_start.is_none() && now >= plan.ramp_end {
-            resources.hold_start = Some(probe::sample(args.server_pid, snap.counters.open, snap.counters.events));
+        if resources.measure_start.is_none() && now >= plan.measure_from {
+            resources.measure_start = Some(probe::sample(
+                args.server_pid,
+                snap.counters.open,
+                snap.counters.events,
+            ));
         }
         if resources.hold_end.is_none() && now >= hold_end_at {
-            resources.hold_end = Some(probe::sample(args.server_pid, snap.counters.open, snap.counters.events));
+            resources.hold_end = Some(probe::sample(
+                args.server_pid,
+                snap.counters.open,
+                snap.counters.events,
+            ));
+        }
+        if tty && !in_ramp && bar_drawn {
+            eprint!("{CLEAR_LINE}");
+            bar_drawn = false;
         }
         if tty && in_ramp {
-            eprint!("{}", report::progress_bar(snap.counters.open, plan.connections, 40));
+            eprint!(
+                "{}",
+                report::progress_bar(snap.counters.open, plan.connections, 40)
+            );
             let _ = std::io::stderr().flush();
             bar_drawn = true;
         }
         let since = now.duration_since(last_status);
         if !args.quiet && since >= Duration::from_secs(1) {
             if bar_drawn {
-                eprintln!();
+                // The status line takes the bar's place; the bar is redrawn below it.
+                eprint!("{CLEAR_LINE}");
                 bar_drawn = false;
             }
-            let rate = (snap.counters.events.saturating_sub(last_events)) as f64 / since.as_secs_f64();
+            while history.len() > 1 && now.duration_since(history[1].0) >= window {
+                history.pop_front();
+            }
+            let (then, events_then) = history[0];
+            let rate = snap.counters.events.saturating_sub(events_then) as f64
+                / now.duration_since(then).as_secs_f64().max(1e-3);
+            history.push_back((now, snap.counters.events));
             let phase = if now < plan.ramp_end {
                 "ramp"
             } else if now < plan.measure_from {
@@ -227,13 +338,23 @@ fn monitor(args: &RunArgs, plan: &Plan, live: &Live, resources: &mut Resources) 
             let elapsed = now.saturating_duration_since(plan.start).as_secs_f64();
             eprintln!(
                 "{}",
-                report::status_line(elapsed, phase, &snap.counters, plan.connections, rate, &snap.delivery)
+                report::status_line(
+                    elapsed,
+                    phase,
+                    &snap.counters,
+                    plan.connections,
+                    rate,
+                    &snap.delivery
+                )
             );
             last_status = now;
-            last_events = snap.counters.events;
         }
     }
     if bar_drawn {
-        eprintln!();
+        eprint!("{CLEAR_LINE}");
     }
+    early
 }
+
+/// Carriage return and ANSI "erase line": removes the progress bar on a terminal.
+const CLEAR_LINE: &str = "\r\x1b[2K";

@@ -101,12 +101,16 @@ pub struct Counters {
     pub missed_ids: u64,
     /// Events whose id was not above the connection's previous one.
     pub duplicates: u64,
-    /// Events with no numeric id (no delivery latency or gap check for them).
+    /// Events whose own lines set no numeric id (no delivery latency or sequence check).
     pub unnumbered_events: u64,
     /// Events received before their scheduled time (clock skew; recorded as 0 latency).
     pub early_events: u64,
     /// Streams that ended after a 200 (server closed, reset, bad body framing).
     pub streams_ended: u64,
+    /// Streams still open at the end that had received nothing for two intervals plus a
+    /// second (a stream that goes quiet shows no gap in its ids).
+    #[serde(default)]
+    pub stalled_streams: u64,
     pub reconnects: u64,
 }
 
@@ -140,6 +144,7 @@ impl Counters {
         self.unnumbered_events += o.unnumbered_events;
         self.early_events += o.early_events;
         self.streams_ended += o.streams_ended;
+        self.stalled_streams += o.stalled_streams;
         self.reconnects += o.reconnects;
     }
 }

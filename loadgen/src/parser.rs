@@ -19,6 +19,9 @@ pub struct Event<'a> {
     pub data: &'a str,
     /// The event source's last event ID string at dispatch (persists across events).
     pub last_event_id: &'a str,
+    /// Whether this event's own lines set the id (not part of the DOM event; a load
+    /// generator checks id sequences only on events that carry an id).
+    pub has_own_id: bool,
 }
 
 /// The stream broke a limit the parser enforces to keep a hostile server from growing a
@@ -42,6 +45,10 @@ impl std::error::Error for TooLong {}
 
 const BOM: [u8; 3] = [0xEF, 0xBB, 0xBF];
 
+/// Buffers that grew past this for one long line or event are freed rather than kept, so a
+/// rare big event does not raise every connection's memory for good.
+const KEEP_CAPACITY: usize = 1024;
+
 #[derive(Debug)]
 pub struct Parser {
     /// How many bytes of a leading BOM have been seen; `None` once the question is settled.
@@ -53,6 +60,8 @@ pub struct Parser {
     data: String,
     event_type: String,
     id_buffer: String,
+    /// An `id` field was processed since the last dispatch.
+    id_in_event: bool,
     last_event_id: String,
     retry_ms: Option<u64>,
     limit: usize,
@@ -76,6 +85,7 @@ impl Parser {
             data: String::new(),
             event_type: String::new(),
             id_buffer: String::new(),
+            id_in_event: false,
             last_event_id: String::new(),
             retry_ms: None,
             limit,
@@ -102,6 +112,7 @@ impl Parser {
         self.data.clear();
         self.event_type.clear();
         self.id_buffer.clone_from(&self.last_event_id);
+        self.id_in_event = false;
     }
 
     /// Feed the next chunk of the response body; `on_event` runs once per dispatched event.
@@ -153,10 +164,12 @@ impl Parser {
                 self.process_line(head, on_event)?;
             } else {
                 self.push_partial(head)?;
-                let line = std::mem::take(&mut self.line);
+                let mut line = std::mem::take(&mut self.line);
                 let result = self.process_line(&line, on_event);
-                self.line = line;
-                self.line.clear();
+                if line.capacity() <= KEEP_CAPACITY {
+                    line.clear();
+                    self.line = line;
+                }
                 result?;
             }
             input = &tail[1..];
@@ -208,21 +221,18 @@ impl Parser {
                 self.data.push_str(&String::from_utf8_lossy(value));
                 self.data.push('\n');
             }
-            b"id" => {
-                if !value.contains(&0) {
-                    self.id_buffer.clear();
-                    self.id_buffer.push_str(&String::from_utf8_lossy(value));
-                }
+            b"id" if !value.contains(&0) => {
+                self.id_buffer.clear();
+                self.id_buffer.push_str(&String::from_utf8_lossy(value));
+                self.id_in_event = true;
             }
-            b"retry" => {
-                // "Consists of only ASCII digits": an empty value sets nothing (as browsers
-                // do); digits beyond u64 saturate rather than wrap.
-                if !value.is_empty() && value.iter().all(u8::is_ascii_digit) {
-                    let ms = value.iter().fold(0u64, |acc, d| {
-                        acc.saturating_mul(10).saturating_add(u64::from(d - b'0'))
-                    });
-                    self.retry_ms = Some(ms);
-                }
+            // "Consists of only ASCII digits": an empty value sets nothing (as browsers do);
+            // digits beyond u64 saturate rather than wrap.
+            b"retry" if !value.is_empty() && value.iter().all(u8::is_ascii_digit) => {
+                let ms = value.iter().fold(0u64, |acc, d| {
+                    acc.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+                });
+                self.retry_ms = Some(ms);
             }
             _ => {}
         }
@@ -231,6 +241,7 @@ impl Parser {
 
     fn dispatch<F: FnMut(Event<'_>)>(&mut self, on_event: &mut F) {
         self.last_event_id.clone_from(&self.id_buffer);
+        let has_own_id = std::mem::take(&mut self.id_in_event);
         if self.data.is_empty() {
             self.event_type.clear();
             return;
@@ -247,7 +258,11 @@ impl Parser {
             event_type,
             data: &self.data,
             last_event_id: &self.last_event_id,
+            has_own_id,
         });
+        if self.data.capacity() > KEEP_CAPACITY {
+            self.data = String::new();
+        }
         self.data.clear();
         self.event_type.clear();
     }

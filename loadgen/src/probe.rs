@@ -80,7 +80,7 @@ impl KernelMem {
     }
 }
 
-/// One resource sample: taken before the ramp, at the start and at the end of the hold.
+/// One resource sample (see `result::Resources` for when they are taken).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sample {
     pub loadgen_rss_bytes: Option<u64>,
@@ -129,8 +129,11 @@ pub fn environment(label: Option<String>) -> Environment {
         hostname: read("/proc/sys/kernel/hostname").map(trimmed),
         kernel_release: read("/proc/sys/kernel/osrelease").map(trimmed),
         cpu_model: read("/proc/cpuinfo").and_then(|c| {
-            c.lines()
-                .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, v)| v.trim().to_string()))
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")?
+                    .split_once(':')
+                    .map(|(_, v)| v.trim().to_string())
+            })
         }),
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         memory_bytes: read("/proc/meminfo").and_then(|m| kb_field(&m, "MemTotal")),

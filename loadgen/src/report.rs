@@ -38,7 +38,14 @@ fn failures(c: &Counters) -> String {
 }
 
 /// One status line: phase, open/target, events per second, p99 delivery so far, errors.
-pub fn status_line(elapsed_s: f64, phase: &str, c: &Counters, target: usize, events_per_s: f64, delivery: &Histogram<u64>) -> String {
+pub fn status_line(
+    elapsed_s: f64,
+    phase: &str,
+    c: &Counters,
+    target: usize,
+    events_per_s: f64,
+    delivery: &Histogram<u64>,
+) -> String {
     let p99 = if delivery.is_empty() {
         "-".to_string()
     } else {
@@ -55,8 +62,14 @@ pub fn status_line(elapsed_s: f64, phase: &str, c: &Counters, target: usize, eve
 
 /// A terminal progress bar for the ramp (drawn over itself with `\r`).
 pub fn progress_bar(open: u64, target: usize, width: usize) -> String {
-    let done = if target == 0 { width } else { (open as usize * width / target).min(width) };
-    format!("\rramp [{}{}] {open}/{target}", "#".repeat(done), ".".repeat(width - done))
+    let done = (open as usize * width)
+        .checked_div(target)
+        .map_or(width, |d| d.min(width));
+    format!(
+        "\rramp [{}{}] {open}/{target}",
+        "#".repeat(done),
+        ".".repeat(width - done)
+    )
 }
 
 fn table(out: &mut String, percentiles: &std::collections::BTreeMap<String, Percentiles>) {
@@ -66,7 +79,9 @@ fn table(out: &mut String, percentiles: &std::collections::BTreeMap<String, Perc
         "(ms)", "count", "p50", "p90", "p99", "p99.9", "p99.99", "max"
     );
     for name in Histograms::NAMES {
-        let Some(p) = percentiles.get(name) else { continue };
+        let Some(p) = percentiles.get(name) else {
+            continue;
+        };
         let _ = writeln!(
             out,
             "{name:<12} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
@@ -80,6 +95,9 @@ fn table(out: &mut String, percentiles: &std::collections::BTreeMap<String, Perc
         );
     }
 }
+
+/// Characters of `--server-info` shown in the report (the result file has all of it).
+const INFO_SHOWN: usize = 300;
 
 /// The end report.
 pub fn final_report(r: &RunResult) -> String {
@@ -105,6 +123,12 @@ pub fn final_report(r: &RunResult) -> String {
         if let Some(banner) = &run.server.banner {
             let _ = writeln!(out, "server: {banner}");
         }
+        if let Some(info) = &run.server.info {
+            let text = info.to_string();
+            let shown: String = text.chars().take(INFO_SHOWN).collect();
+            let more = if shown.len() < text.len() { " ..." } else { "" };
+            let _ = writeln!(out, "server info: {shown}{more}");
+        }
     }
     let _ = writeln!(out);
     table(&mut out, &r.percentiles);
@@ -123,8 +147,8 @@ pub fn final_report(r: &RunResult) -> String {
     }
     let _ = writeln!(
         out,
-        "events: {}, bytes {}, missed ids {}, duplicates {}, unnumbered {}, early {}, streams ended {}, reconnects {}",
-        c.events, c.bytes, c.missed_ids, c.duplicates, c.unnumbered_events, c.early_events, c.streams_ended, c.reconnects
+        "events: {}, bytes {}, missed ids {}, duplicates {}, unnumbered {}, early {}, streams ended {}, stalled {}, reconnects {}",
+        c.events, c.bytes, c.missed_ids, c.duplicates, c.unnumbered_events, c.early_events, c.streams_ended, c.stalled_streams, c.reconnects
     );
     for run in &r.runs {
         let d = &run.resources.derived;
@@ -146,7 +170,11 @@ pub fn final_report(r: &RunResult) -> String {
             );
         }
         if run.unfinished_connections > 0 {
-            let _ = writeln!(out, "warning: {} connections had not wound down at the end", run.unfinished_connections);
+            let _ = writeln!(
+                out,
+                "warning: {} connections had not wound down at the end",
+                run.unfinished_connections
+            );
         }
     }
     for note in &r.notes {
@@ -159,7 +187,11 @@ pub fn final_report(r: &RunResult) -> String {
 /// (recorded in microseconds, so the unit ratio is 1000).
 pub fn hgrm(h: &Histogram<u64>) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{:>12} {:>14} {:>10} {:>14}\n", "Value", "Percentile", "TotalCount", "1/(1-Percentile)");
+    let _ = writeln!(
+        out,
+        "{:>12} {:>14} {:>10} {:>14}\n",
+        "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
+    );
     let scale = 1000.0;
     let mut total = 0u64;
     if !h.is_empty() {
@@ -168,16 +200,39 @@ pub fn hgrm(h: &Histogram<u64>) -> String {
             let value = v.value_iterated_to() as f64 / scale;
             let q = v.quantile_iterated_to();
             if q < 1.0 {
-                let _ = writeln!(out, "{value:12.3} {q:2.12} {total:10} {:14.2}", 1.0 / (1.0 - q));
+                let _ = writeln!(
+                    out,
+                    "{value:12.3} {q:2.12} {total:10} {:14.2}",
+                    1.0 / (1.0 - q)
+                );
             } else {
                 let _ = writeln!(out, "{value:12.3} {q:2.12} {total:10}");
             }
         }
     }
-    let (mean, stdev) = if h.is_empty() { (0.0, 0.0) } else { (h.mean() / scale, h.stdev() / scale) };
-    let _ = writeln!(out, "#[Mean    = {mean:12.3}, StdDeviation   = {stdev:12.3}]");
-    let _ = writeln!(out, "#[Max     = {:12.3}, Total count    = {:12}]", h.max() as f64 / scale, h.len());
-    let _ = writeln!(out, "#[Buckets = {:12}, SubBuckets     = {:12}]", h.buckets(), h.distinct_values());
+    let (mean, stdev) = if h.is_empty() {
+        (0.0, 0.0)
+    } else {
+        (h.mean() / scale, h.stdev() / scale)
+    };
+    let _ = writeln!(
+        out,
+        "#[Mean    = {mean:12.3}, StdDeviation   = {stdev:12.3}]"
+    );
+    let _ = writeln!(
+        out,
+        "#[Max     = {:12.3}, Total count    = {:12}]",
+        h.max() as f64 / scale,
+        h.len()
+    );
+    // Sub-buckets per bucket, as HdrHistogram derives them from the significant digits.
+    let sub_buckets = (2 * 10u64.pow(u32::from(h.sigfig()))).next_power_of_two();
+    let _ = writeln!(
+        out,
+        "#[Buckets = {:12}, SubBuckets     = {:12}]",
+        h.buckets(),
+        sub_buckets
+    );
     out
 }
 
@@ -195,14 +250,26 @@ mod tests {
         let text = hgrm(&h);
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].contains("Value") && lines[0].contains("1/(1-Percentile)"));
-        let rows: Vec<&str> = lines.iter().copied().filter(|l| !l.is_empty() && !l.starts_with('#')).skip(1).collect();
+        let rows: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .skip(1)
+            .collect();
         let last: Vec<&str> = rows.last().unwrap().split_whitespace().collect();
         assert_eq!(last[1], "1.000000000000");
         assert_eq!(last[2], "1000");
-        assert!(text.contains("#[Max     =      100.031") || text.contains("#[Max     =      100.0"), "{text}");
+        assert!(
+            text.contains("#[Max     =      100.031") || text.contains("#[Max     =      100.0"),
+            "{text}"
+        );
         assert!(text.contains("Total count    =         1000]"));
+        assert!(text.contains("SubBuckets     =         2048]"), "{text}");
         // Counts never go down along the distribution.
-        let counts: Vec<u64> = rows.iter().map(|r| r.split_whitespace().nth(2).unwrap().parse().unwrap()).collect();
+        let counts: Vec<u64> = rows
+            .iter()
+            .map(|r| r.split_whitespace().nth(2).unwrap().parse().unwrap())
+            .collect();
         assert!(counts.windows(2).all(|w| w[0] <= w[1]));
     }
 
@@ -216,7 +283,12 @@ mod tests {
             ..Counters::default()
         };
         let line = status_line(3.0, "hold", &c, 10, 70.0, &h);
-        assert!(line.contains("open 7/10") && line.contains("events/s 70") && line.contains("p99 delivery 2.50"), "{line}");
+        assert!(
+            line.contains("open 7/10")
+                && line.contains("events/s 70")
+                && line.contains("p99 delivery 2.50"),
+            "{line}"
+        );
         assert!(progress_bar(5, 10, 10).ends_with("[#####.....] 5/10"));
         assert!(progress_bar(0, 0, 4).contains("[####]"));
     }

@@ -64,12 +64,15 @@ pub struct Derived {
     pub server_cpu_us_per_event: Option<f64>,
 }
 
-/// Samples taken before the ramp and at the start and end of the hold.
+/// Samples taken before the ramp (`baseline`), when measuring starts (the hold's start plus
+/// the warmup: `measure_start`) and shortly before the end (`hold_end`). Memory figures are
+/// hold_end minus baseline over the streams open at hold_end; CPU figures are the CPU time
+/// between measure_start and hold_end over the events received in between.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Resources {
     pub server_pid: Option<u32>,
     pub baseline: Sample,
-    pub hold_start: Option<Sample>,
+    pub measure_start: Option<Sample>,
     pub hold_end: Option<Sample>,
     pub derived: Derived,
 }
@@ -84,15 +87,27 @@ fn diff(a: Option<u64>, b: Option<u64>) -> Option<f64> {
 
 impl Resources {
     pub fn derive(&mut self) {
-        let (base, start, end) = (&self.baseline, self.hold_start.as_ref(), self.hold_end.as_ref());
+        let (base, start, end) = (
+            &self.baseline,
+            self.measure_start.as_ref(),
+            self.hold_end.as_ref(),
+        );
         let Some(end) = end else { return };
         let events = start.map_or(0, |s| end.events.saturating_sub(s.events));
         self.derived = Derived {
-            loadgen_rss_bytes_per_connection: per(diff(base.loadgen_rss_bytes, end.loadgen_rss_bytes), end.open),
-            server_rss_bytes_per_stream: per(diff(base.server_rss_bytes, end.server_rss_bytes), end.open),
+            loadgen_rss_bytes_per_connection: per(
+                diff(base.loadgen_rss_bytes, end.loadgen_rss_bytes),
+                end.open,
+            ),
+            server_rss_bytes_per_stream: per(
+                diff(base.server_rss_bytes, end.server_rss_bytes),
+                end.open,
+            ),
             kernel_bytes_per_stream: per(diff(base.kernel.total(), end.kernel.total()), end.open),
-            loadgen_cpu_us_per_event: start.and_then(|s| per(diff(s.loadgen_cpu_us, end.loadgen_cpu_us), events)),
-            server_cpu_us_per_event: start.and_then(|s| per(diff(s.server_cpu_us, end.server_cpu_us), events)),
+            loadgen_cpu_us_per_event: start
+                .and_then(|s| per(diff(s.loadgen_cpu_us, end.loadgen_cpu_us), events)),
+            server_cpu_us_per_event: start
+                .and_then(|s| per(diff(s.server_cpu_us, end.server_cpu_us), events)),
         };
     }
 }
@@ -112,8 +127,12 @@ pub struct Run {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Server {
+    /// The `Server` response header, when the server sends one.
     pub banner: Option<String>,
     pub urls: Vec<String>,
+    /// What `--server-info` returned (JSON as JSON), when given and reachable.
+    #[serde(default)]
+    pub info: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -147,7 +166,12 @@ pub fn decode_histogram(text: &str) -> Result<Histogram<u64>, String> {
 }
 
 impl RunResult {
-    pub fn new(runs: Vec<Run>, counters: Counters, histograms: &Histograms, notes: Vec<String>) -> RunResult {
+    pub fn new(
+        runs: Vec<Run>,
+        counters: Counters,
+        histograms: &Histograms,
+        notes: Vec<String>,
+    ) -> RunResult {
         let mut r = RunResult {
             schema: SCHEMA.into(),
             schema_version: SCHEMA_VERSION,
@@ -185,7 +209,8 @@ impl RunResult {
 
     pub fn load(path: &Path) -> Result<RunResult, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let r: RunResult = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let r: RunResult =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         if r.schema != SCHEMA || r.schema_version != SCHEMA_VERSION {
             return Err(format!(
                 "{}: schema {} v{} is not {SCHEMA} v{SCHEMA_VERSION}",
@@ -226,7 +251,10 @@ impl RunResult {
             runs.extend(part.runs);
         }
         if intervals.len() > 1 {
-            notes.push("merged runs used different --interval values: delivery latencies do not compare".into());
+            notes.push(
+                "merged runs used different --interval values: delivery latencies do not compare"
+                    .into(),
+            );
         }
         Ok(RunResult::new(runs, counters, &histograms, notes))
     }
@@ -275,12 +303,19 @@ mod tests {
         let (a, b) = (dir.join("a.json"), dir.join("b.json"));
         result_with(1..5000, 10).save(&a).unwrap();
         result_with(5000..9000, 32).save(&b).unwrap();
-        let merged = RunResult::merge(vec![RunResult::load(&a).unwrap(), RunResult::load(&b).unwrap()]).unwrap();
+        let merged = RunResult::merge(vec![
+            RunResult::load(&a).unwrap(),
+            RunResult::load(&b).unwrap(),
+        ])
+        .unwrap();
         let whole = result_with(1..9000, 42);
         assert_eq!(merged.runs.len(), 2);
         assert_eq!(merged.counters.events, 42);
         assert_eq!(merged.percentiles, whole.percentiles);
-        assert_eq!(merged.decode_histograms().unwrap().delivery, whole.decode_histograms().unwrap().delivery);
+        assert_eq!(
+            merged.decode_histograms().unwrap().delivery,
+            whole.decode_histograms().unwrap().delivery
+        );
         assert!(merged.notes.is_empty());
 
         let mut other = result_with(1..3, 1);
@@ -303,7 +338,7 @@ mod tests {
                 server_rss_bytes: Some(5000),
                 ..Sample::default()
             },
-            hold_start: Some(Sample {
+            measure_start: Some(Sample {
                 loadgen_cpu_us: Some(100),
                 server_cpu_us: Some(200),
                 events: 10,

@@ -455,7 +455,12 @@ pub fn client_or_skip<T>(test: &str, found: Option<T>, missing: &str) -> Option<
         !clients_required(),
         "{test}: {missing}, and {REQUIRE_CLIENTS} is set"
     );
-    eprintln!("SKIPPED {test}: {missing} (set {REQUIRE_CLIENTS}=1 to make this a failure)");
+    // Straight to stderr rather than `eprintln!`, which the test harness captures and shows only
+    // for failing tests: a skip must be visible in a passing run.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: {missing} (set {REQUIRE_CLIENTS}=1 to make this a failure)"
+    );
     None
 }
 

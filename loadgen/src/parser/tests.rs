@@ -344,6 +344,24 @@ fn ringcast_tick_event() {
 }
 
 #[test]
+fn events_tell_whether_they_carried_an_id() {
+    let body = b"id: 1\ndata: a\n\ndata: b\n\nid\ndata: c\n\nid: 2\n\ndata: d\n\n";
+    for cut in 0..=body.len() {
+        let mut p = Parser::default();
+        let mut got = Vec::new();
+        for part in [&body[..cut], &body[cut..]] {
+            p.feed(part, |e| got.push((e.data.to_owned(), e.has_own_id)))
+                .unwrap();
+        }
+        // An id-only block (`id: 2` then a blank line) dispatches nothing and its id does
+        // not count for the next event's own lines.
+        let want = [("a", true), ("b", false), ("c", true), ("d", false)];
+        let want: Vec<_> = want.iter().map(|(d, i)| (d.to_string(), *i)).collect();
+        assert_eq!(got, want, "cut {cut}");
+    }
+}
+
+#[test]
 fn over_long_line_and_event_are_errors() {
     let mut p = Parser::new(8);
     assert_eq!(p.feed(b"data:1234", |_| {}), Err(TooLong { limit: 8 }));

@@ -1,0 +1,484 @@
+//! The seed's client, for real: headless Chromium (Debian's `chromium`, driven over WebDriver by
+//! Debian's `chromedriver` through fantoccini) loads a page from one origin, served by a tiny
+//! HTTP server in this test, and opens `new EventSource(url)` to ringcast on another port. The
+//! page records what its EventSources see (open, messages with their `lastEventId` and origin,
+//! errors with `readyState`) and the test reads that record back with WebDriver's script
+//! execution; assertions are on what the browser saw, the server's log only confirms which
+//! `Last-Event-ID` arrived. Chromium runs with a fresh profile and background networking off (this
+//! network refuses anything but loopback). One browser at a time per test binary: Chromium is the
+//! heaviest thing in the suite and CI has two cores. Without chromium or chromedriver the tests
+//! skip with a message, unless RINGCAST_REQUIRE_CLIENTS is set (CI sets it, and installs them).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use common::*;
+use fantoccini::{Client, ClientBuilder};
+use serde_json::{json, Value};
+
+both_drivers!(
+    cross_origin_eventsource_receives_hello_and_cors_is_enforced,
+    eventsource_reconnects_with_last_event_id_after_restart,
+);
+
+/// Messages a stream must deliver before a test moves on.
+const WANTED: usize = 4;
+
+/// The page: `watch(name, url, withCredentials)` opens an EventSource and keeps a record of
+/// everything it fires in `streams[name].log`.
+const PAGE: &str = r#"<!doctype html>
+<meta charset="utf-8">
+<title>ringcast EventSource test page</title>
+<script>
+window.streams = {};
+function watch(name, url, withCredentials) {
+  const log = [];
+  const es = new EventSource(url, { withCredentials });
+  es.onopen = () => log.push({ type: "open" });
+  es.onmessage = (e) =>
+    log.push({ type: "message", data: e.data, lastEventId: e.lastEventId, origin: e.origin });
+  es.onerror = () => log.push({ type: "error", readyState: es.readyState });
+  streams[name] = { es, log };
+}
+</script>
+"#;
+
+// ---- the page's origin ----
+
+/// Serves `PAGE` to any request, one connection at a time, until dropped.
+struct PageServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+}
+
+impl PageServer {
+    fn start() -> PageServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stopped.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(conn) = conn {
+                    let _ = serve_page(conn);
+                }
+            }
+        });
+        PageServer { addr, stop }
+    }
+
+    fn origin(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for PageServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr); // wakes the accept loop
+    }
+}
+
+fn serve_page(mut conn: TcpStream) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(PATIENCE))?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if conn.read(&mut byte)? == 0 {
+            return Ok(());
+        }
+        head.push(byte[0]);
+    }
+    let (status, body) = if head.starts_with(b"GET / ") {
+        ("200 OK", PAGE)
+    } else {
+        ("404 Not Found", "")
+    };
+    write!(
+        conn,
+        "HTTP/1.1 {status}\r\nContent-Type: text/html; charset=utf-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+// ---- the browser ----
+
+static ONE_BROWSER: Mutex<()> = Mutex::new(());
+
+/// Headless Chromium under chromedriver, with a fresh profile; all of it is stopped on drop.
+struct Browser {
+    client: Option<Client>,
+    rt: tokio::runtime::Runtime,
+    driver: ChildLines,
+    profile: PathBuf,
+    _one: MutexGuard<'static, ()>,
+}
+
+impl Browser {
+    /// `None` (after saying why) when chromium or chromedriver is missing and not required.
+    fn start(test: &str) -> Option<Browser> {
+        let chromium = client_or_skip(
+            test,
+            find_program(&["chromium", "chromium-browser"]),
+            "chromium is not on PATH (Debian: apt-get install chromium chromium-driver)",
+        )?;
+        let chromedriver = client_or_skip(
+            test,
+            find_program(&["chromedriver"]),
+            "chromedriver is not on PATH (Debian: apt-get install chromium-driver)",
+        )?;
+        let one = ONE_BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+
+        static PROFILES: AtomicUsize = AtomicUsize::new(0);
+        let profile = std::env::temp_dir().join(format!(
+            "ringcast-chromium-{}-{}",
+            std::process::id(),
+            PROFILES.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&profile);
+        std::fs::create_dir_all(&profile).unwrap();
+
+        // Its own process group, for drop to stop; Chromium moves to groups of its own, and drop
+        // finds those processes by the profile directory instead.
+        let driver = ChildLines::spawn(
+            Command::new(chromedriver)
+                .arg("--port=0")
+                .stderr(Stdio::null())
+                .process_group(0),
+        );
+        let port: u16 = driver
+            .wait_until(PATIENCE, |lines| {
+                lines.iter().find_map(|l| {
+                    l.split("started successfully on port ")
+                        .nth(1)?
+                        .trim_end_matches('.')
+                        .parse()
+                        .ok()
+                })
+            })
+            .unwrap_or_else(|| panic!("chromedriver did not start: {:?}", driver.lines()));
+
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let caps = json!({
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": chromium,
+                "args": [
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-quic",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    format!("--user-data-dir={}", profile.display()),
+                ],
+            },
+        });
+        let Value::Object(caps) = caps else {
+            unreachable!()
+        };
+        // From here on, drop cleans up whatever happens (a failed start included).
+        let mut browser = Browser {
+            client: None,
+            rt,
+            driver,
+            profile,
+            _one: one,
+        };
+        let mut builder =
+            ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new());
+        builder.capabilities(caps);
+        let webdriver = format!("http://127.0.0.1:{port}");
+        let client = browser
+            .block("starting chromium", builder.connect(&webdriver))
+            .unwrap_or_else(|e| panic!("a WebDriver session with headless chromium: {e}"));
+        browser.client = Some(client);
+        Some(browser)
+    }
+
+    fn client(&self) -> &Client {
+        self.client.as_ref().unwrap()
+    }
+
+    /// Runs a WebDriver command to completion, bounded by `PATIENCE`.
+    fn block<F: std::future::Future>(&self, what: &str, f: F) -> F::Output {
+        self.rt
+            .block_on(async { tokio::time::timeout(PATIENCE, f).await })
+            .unwrap_or_else(|_| panic!("{what}: no answer from chromedriver in {PATIENCE:?}"))
+    }
+
+    fn goto(&self, url: &str) {
+        self.block("loading the page", self.client().goto(url))
+            .unwrap_or_else(|e| panic!("loading {url}: {e}"));
+    }
+
+    /// Runs `script` (a function body; `arguments` are `args`) in the page.
+    fn run(&self, script: &str, args: Vec<Value>) -> Value {
+        self.block(script, self.client().execute(script, args))
+            .unwrap_or_else(|e| panic!("script {script:?}: {e}"))
+    }
+
+    fn watch(&self, name: &str, url: &str, with_credentials: bool) {
+        self.run(
+            "watch(arguments[0], arguments[1], arguments[2])",
+            vec![json!(name), json!(url), json!(with_credentials)],
+        );
+    }
+
+    /// What stream `name` has seen so far.
+    fn log(&self, name: &str) -> Vec<Value> {
+        match self.run("return streams[arguments[0]].log", vec![json!(name)]) {
+            Value::Array(v) => v,
+            other => panic!("a log array, got {other}"),
+        }
+    }
+
+    /// Polls stream `name`'s record until `done` returns something; panics with the record on
+    /// timeout.
+    fn wait_for<T>(
+        &self,
+        name: &str,
+        what: &str,
+        mut done: impl FnMut(&[Value]) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let log = self.log(name);
+            if let Some(v) = done(&log) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}: {what}; the page saw: {log:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            // Ends the session, which quits Chromium (bounded; best effort while panicking).
+            let _ = self
+                .rt
+                .block_on(async { tokio::time::timeout(PATIENCE, client.close()).await });
+        }
+        // chromedriver, then any Chromium process left behind: Chromium puts itself in process
+        // groups of its own, but every one of its processes names our unique profile directory.
+        unsafe { libc::kill(-(self.driver.pid() as i32), libc::SIGKILL) };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let left = processes_mentioning(&self.profile.to_string_lossy());
+            if left.is_empty() || Instant::now() > deadline {
+                break;
+            }
+            for pid in left {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+/// Pids of processes whose command line contains `needle`.
+fn processes_mentioning(needle: &str) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        String::from_utf8_lossy(&cmdline)
+            .contains(needle)
+            .then_some(pid)
+    })
+    .collect()
+}
+
+// ---- reading the record ----
+
+fn of_type<'a>(log: &'a [Value], ty: &str) -> Vec<&'a Value> {
+    log.iter().filter(|e| e["type"] == ty).collect()
+}
+
+fn message_id(m: &Value) -> u64 {
+    m["lastEventId"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("numeric lastEventId in {m}"))
+}
+
+/// The messages as the harness's events, for `assert_no_gaps`.
+fn as_events(messages: &[&Value]) -> Vec<Event> {
+    messages
+        .iter()
+        .map(|m| Event {
+            id: Some(message_id(m).to_string()),
+            event: Some("message".into()),
+            data: vec![m["data"].as_str().unwrap_or_default().into()],
+            retry: None,
+        })
+        .collect()
+}
+
+/// Every message is `hello` from `server`, and ids strictly increase.
+fn assert_hello_from(server: &TestServer, messages: &[&Value]) {
+    for m in messages {
+        assert_eq!(m["data"], "hello", "{m}");
+        assert_eq!(m["origin"], format!("http://{}", server.addr), "{m}");
+    }
+    for w in messages.windows(2) {
+        assert!(
+            message_id(w[1]) > message_id(w[0]),
+            "lastEventId increases: {messages:?}"
+        );
+    }
+}
+
+fn stream_url(server: &TestServer) -> String {
+    format!("http://{}/events", server.addr)
+}
+
+// ---- the tests ----
+
+fn cross_origin_eventsource_receives_hello_and_cors_is_enforced(driver: &str) {
+    let test = "cross_origin_eventsource_receives_hello_and_cors_is_enforced";
+    let page = PageServer::start();
+    let tick = ["--interval", "100ms"];
+    // The seed's server: any origin.
+    let any = TestServer::start(driver, &tick);
+    // An origin list naming the page: its origin is echoed, credentials allowed.
+    let listed = TestServer::start(
+        driver,
+        &[&tick[..], &["--cors-origin", &page.origin()]].concat(),
+    );
+    // An origin list without the page: a stream request from it gets 403.
+    let elsewhere = TestServer::start(
+        driver,
+        &[&tick[..], &["--cors-origin", "http://allowed.example"]].concat(),
+    );
+    let Some(browser) = Browser::start(test) else {
+        return;
+    };
+    browser.goto(&format!("{}/", page.origin()));
+    assert_eq!(browser.run("return location.origin", vec![]), page.origin());
+
+    browser.watch("any", &stream_url(&any), false);
+    browser.watch("listed", &stream_url(&listed), true);
+    browser.watch("elsewhere", &stream_url(&elsewhere), false);
+
+    for (name, server) in [("any", &any), ("listed", &listed)] {
+        let log = browser.wait_for(name, "several messages", |log| {
+            (of_type(log, "message").len() >= WANTED).then(|| log.to_vec())
+        });
+        assert_eq!(log[0]["type"], "open", "{name}: {log:?}");
+        assert!(of_type(&log, "error").is_empty(), "{name}: {log:?}");
+        let messages = of_type(&log, "message");
+        assert_hello_from(server, &messages);
+        server.assert_no_gaps(&as_events(&messages));
+    }
+
+    // The unlisted origin: the EventSource fails for good (CLOSED), having seen nothing.
+    let log = browser.wait_for("elsewhere", "an error that closes it", |log| {
+        of_type(log, "error")
+            .iter()
+            .any(|e| e["readyState"] == 2)
+            .then(|| log.to_vec())
+    });
+    assert!(
+        of_type(&log, "open").is_empty() && of_type(&log, "message").is_empty(),
+        "{log:?}"
+    );
+    // ... because the server refused that origin, as the same request shows at the HTTP level.
+    let raw = format!(
+        "GET /events HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nOrigin: {}\r\n\r\n",
+        elsewhere.addr,
+        page.origin()
+    );
+    let refused = request(elsewhere.addr, raw.as_bytes());
+    assert!(refused.starts_with("HTTP/1.1 403 "), "{refused}");
+}
+
+fn eventsource_reconnects_with_last_event_id_after_restart(driver: &str) {
+    let test = "eventsource_reconnects_with_last_event_id_after_restart";
+    let page = PageServer::start();
+    // `retry:` brings the browser back quickly; debug logs the Last-Event-ID received.
+    let args = [
+        "--interval",
+        "100ms",
+        "--retry",
+        "200",
+        "--log",
+        "info,ringcast=debug",
+    ];
+    let mut first = TestServer::start(driver, &args);
+    let Some(browser) = Browser::start(test) else {
+        return;
+    };
+    browser.goto(&format!("{}/", page.origin()));
+    browser.watch("s", &stream_url(&first), false);
+    let before = browser.wait_for("s", "several messages", |log| {
+        (of_type(log, "message").len() >= WANTED).then(|| log.to_vec())
+    });
+    assert_hello_from(&first, &of_type(&before, "message"));
+    assert!(
+        first
+            .log_text()
+            .lines()
+            .all(|l| !l.contains("last_event_id=")),
+        "a first connection sends no Last-Event-ID; log:\n{}",
+        first.log_text()
+    );
+
+    // The server goes away: the browser sees the stream end and will retry (CONNECTING).
+    first.stop_and_summary();
+    let at_error = browser.wait_for("s", "an error once the server stopped", |log| {
+        log.iter()
+            .position(|e| e["type"] == "error")
+            .map(|i| log[..=i].to_vec())
+    });
+    assert_eq!(at_error.last().unwrap()["readyState"], 0, "{at_error:?}");
+    let last_seen = message_id(of_type(&at_error, "message").last().unwrap());
+
+    // The same port again: the browser comes back by itself and the stream goes on.
+    let second = TestServer::start_on(driver, &first.addr.to_string(), &args);
+    let log = browser.wait_for("s", "messages from the restarted server", |log| {
+        let resumed = of_type(log, "message")
+            .iter()
+            .filter(|m| message_id(m) > last_seen)
+            .count();
+        (resumed >= WANTED).then(|| log.to_vec())
+    });
+    let after = &log[at_error.len()..];
+    assert!(
+        !of_type(after, "open").is_empty(),
+        "it reopened after the error: {log:?}"
+    );
+    assert_hello_from(&second, &of_type(&log, "message"));
+    assert!(
+        second
+            .wait_log(&format!("last_event_id={last_seen}"), PATIENCE)
+            .is_some(),
+        "the browser sent Last-Event-ID {last_seen}; server log:\n{}",
+        second.log_text()
+    );
+}
