@@ -353,6 +353,7 @@ fn on_event(
             });
             if measuring {
                 record(&mut rec.histograms.delivery, latency);
+                crate::metrics::record_tick(&mut rec.ticks, id, wall_us);
             }
             match *last_id {
                 Some(prev) if id == prev + 1 => {}

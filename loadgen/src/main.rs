@@ -1,22 +1,22 @@
 //! ringcast-loadgen: opens many EventSource-like connections to an SSE server and measures
 //! what it delivers. This file is the orchestration only: check the config, start the
-//! cores, print the status line each second, take the resource samples at the start and
-//! end of the hold, then add the cores' recorders up and report.
+//! cores, let `monitor` watch the run, then add the cores' recorders up, report and write
+//! the result file (or, for `merge`, add result files up).
 
 mod cli;
 mod conn;
 mod engine;
 mod http;
 mod metrics;
+mod monitor;
 mod parser;
 mod probe;
 mod report;
 mod result;
 
-use std::io::{IsTerminal, Write as _};
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,7 +25,7 @@ use clap::Parser as _;
 use cli::{Cli, Command, MergeArgs, RunArgs};
 use engine::{Live, Plan};
 use metrics::Recorder;
-use result::{Resources, Run, RunResult, Server};
+use result::{Fanout, Resources, Run, RunResult, Server};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -185,7 +185,7 @@ fn run(args: RunArgs) -> Result<(), String> {
         ..Resources::default()
     };
 
-    let early = monitor(&args, &plan, &live, &mut resources, &interrupted);
+    let early = monitor::watch(&args, &plan, &live, &mut resources, &interrupted);
 
     let mut recorder = Recorder::default();
     let mut drivers = Vec::new();
@@ -232,129 +232,8 @@ fn run(args: RunArgs) -> Result<(), String> {
         resources,
         unfinished_connections: unfinished,
     };
-    let result = RunResult::new(vec![run], recorder.counters, &recorder.histograms, notes);
+    let mut result = RunResult::new(vec![run], recorder.counters, &recorder.histograms, notes);
+    result.fanout = Fanout::of(recorder.ticks);
     print!("{}", report::final_report(&result));
     write_outputs(&result, args.out.as_deref(), args.hgrm.as_deref())
 }
-
-/// Prints the status line each second (and a progress bar during the ramp on a terminal)
-/// and takes the resource samples, until the run's end.
-/// Returns when the run ended early because of Ctrl-C (or SIGTERM), with the time it did.
-fn monitor(
-    args: &RunArgs,
-    plan: &Plan,
-    live: &Live,
-    resources: &mut Resources,
-    interrupted: &AtomicBool,
-) -> Option<Instant> {
-    let tty = std::io::stderr().is_terminal() && !args.quiet;
-    let mut last_status = Instant::now();
-    // (time, events) of recent status lines: the rate is taken over at least one tick
-    // interval, so a 2 s interval does not read as alternating 0 and 2x events/s.
-    let mut history: std::collections::VecDeque<(Instant, u64)> = [(last_status, 0)].into();
-    let window = args.interval.max(Duration::from_secs(1));
-    let mut bar_drawn = false;
-    // The end-of-hold sample is taken a little before the end, while everything is open.
-    let hold_end_at = plan
-        .end
-        .checked_sub(Duration::from_millis(600))
-        .unwrap_or(plan.end)
-        .max(plan.measure_from);
-    let mut early = None;
-    loop {
-        let now = Instant::now();
-        if now >= plan.end {
-            break;
-        }
-        if interrupted.load(Ordering::Relaxed) {
-            live.request_stop();
-            let snap = live.total();
-            if resources.hold_end.is_none() {
-                resources.hold_end = Some(probe::sample(
-                    args.server_pid,
-                    snap.counters.open,
-                    snap.counters.events,
-                ));
-            }
-            early = Some(now);
-            break;
-        }
-        let in_ramp = now < plan.ramp_end;
-        let step = if tty && in_ramp {
-            Duration::from_millis(100)
-        } else {
-            Duration::from_millis(250)
-        };
-        std::thread::sleep(step.min(plan.end - now));
-        let now = Instant::now();
-        let snap = live.total();
-        if resources.measure_start.is_none() && now >= plan.measure_from {
-            resources.measure_start = Some(probe::sample(
-                args.server_pid,
-                snap.counters.open,
-                snap.counters.events,
-            ));
-        }
-        if resources.hold_end.is_none() && now >= hold_end_at {
-            resources.hold_end = Some(probe::sample(
-                args.server_pid,
-                snap.counters.open,
-                snap.counters.events,
-            ));
-        }
-        if tty && !in_ramp && bar_drawn {
-            eprint!("{CLEAR_LINE}");
-            bar_drawn = false;
-        }
-        if tty && in_ramp {
-            eprint!(
-                "{}",
-                report::progress_bar(snap.counters.open, plan.connections, 40)
-            );
-            let _ = std::io::stderr().flush();
-            bar_drawn = true;
-        }
-        let since = now.duration_since(last_status);
-        if !args.quiet && since >= Duration::from_secs(1) {
-            if bar_drawn {
-                // The status line takes the bar's place; the bar is redrawn below it.
-                eprint!("{CLEAR_LINE}");
-                bar_drawn = false;
-            }
-            while history.len() > 1 && now.duration_since(history[1].0) >= window {
-                history.pop_front();
-            }
-            let (then, events_then) = history[0];
-            let rate = snap.counters.events.saturating_sub(events_then) as f64
-                / now.duration_since(then).as_secs_f64().max(1e-3);
-            history.push_back((now, snap.counters.events));
-            let phase = if now < plan.ramp_end {
-                "ramp"
-            } else if now < plan.measure_from {
-                "warm"
-            } else {
-                "hold"
-            };
-            let elapsed = now.saturating_duration_since(plan.start).as_secs_f64();
-            eprintln!(
-                "{}",
-                report::status_line(
-                    elapsed,
-                    phase,
-                    &snap.counters,
-                    plan.connections,
-                    rate,
-                    &snap.delivery
-                )
-            );
-            last_status = now;
-        }
-    }
-    if bar_drawn {
-        eprint!("{CLEAR_LINE}");
-    }
-    early
-}
-
-/// Carriage return and ANSI "erase line": removes the progress bar on a terminal.
-const CLEAR_LINE: &str = "\r\x1b[2K";

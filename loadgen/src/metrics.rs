@@ -221,12 +221,49 @@ pub fn record(h: &mut Histogram<u64>, us: u64) {
 pub struct Recorder {
     pub counters: Counters,
     pub histograms: Histograms,
+    /// Per tick id (measured events only): when its first and last copies arrived. The
+    /// fan-out spread of a tick is last minus first over every stream of every core and host.
+    pub ticks: BTreeMap<u64, TickSpan>,
+}
+
+/// When the copies of one tick arrived (wall-clock µs since the epoch), and how many.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TickSpan {
+    pub first_us: u64,
+    pub last_us: u64,
+    pub count: u64,
+}
+
+impl TickSpan {
+    pub fn add(&mut self, o: &TickSpan) {
+        self.first_us = self.first_us.min(o.first_us);
+        self.last_us = self.last_us.max(o.last_us);
+        self.count += o.count;
+    }
 }
 
 impl Recorder {
     pub fn add(&mut self, o: &Recorder) {
         self.counters.add(&o.counters);
         self.histograms.add(&o.histograms);
+        add_ticks(&mut self.ticks, &o.ticks);
+    }
+}
+
+/// Notes that a copy of tick `id` arrived at `wall_us`.
+pub fn record_tick(ticks: &mut BTreeMap<u64, TickSpan>, id: u64, wall_us: u64) {
+    let one = TickSpan {
+        first_us: wall_us,
+        last_us: wall_us,
+        count: 1,
+    };
+    ticks.entry(id).and_modify(|s| s.add(&one)).or_insert(one);
+}
+
+/// Adds `o`'s tick spans into `into`.
+pub fn add_ticks(into: &mut BTreeMap<u64, TickSpan>, o: &BTreeMap<u64, TickSpan>) {
+    for (id, span) in o {
+        into.entry(*id).and_modify(|s| s.add(span)).or_insert(*span);
     }
 }
 

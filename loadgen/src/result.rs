@@ -13,7 +13,7 @@ use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::{Counters, Histograms};
+use crate::metrics::{add_ticks, Counters, Histograms, TickSpan};
 use crate::probe::{Environment, Sample};
 
 pub const SCHEMA: &str = "ringcast-loadgen/result";
@@ -145,7 +145,48 @@ pub struct RunResult {
     pub percentiles: BTreeMap<String, Percentiles>,
     /// By histogram name: HdrHistogram V2 serialization, base64 (standard alphabet).
     pub histograms: BTreeMap<String, String>,
+    /// Fan-out spread: per tick, first to last arrival over all streams (absent in older files).
+    #[serde(default)]
+    pub fanout: Fanout,
     pub notes: Vec<String>,
+}
+
+/// How long one tick took to reach every stream: for each tick id received in the measuring
+/// window, the first and last arrival (wall clock, µs) over all streams, cores and merged hosts.
+/// The spread of a tick is last − first; only ticks that reached at least 99 % of the most
+/// copies any tick reached count (the window's edges cut the others short).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Fanout {
+    pub per_tick: BTreeMap<u64, TickSpan>,
+    /// Ticks that counted.
+    pub ticks: usize,
+    pub spread_p50_us: Option<u64>,
+    pub spread_p99_us: Option<u64>,
+    pub spread_max_us: Option<u64>,
+}
+
+impl Fanout {
+    pub fn of(per_tick: BTreeMap<u64, TickSpan>) -> Fanout {
+        let most = per_tick.values().map(|t| t.count).max().unwrap_or(0);
+        let mut spreads: Vec<u64> = per_tick
+            .values()
+            .filter(|t| most > 0 && t.count * 100 >= most * 99)
+            .map(|t| t.last_us - t.first_us)
+            .collect();
+        spreads.sort_unstable();
+        // nearest-rank percentile over the counted ticks
+        let pct = |q: f64| -> Option<u64> {
+            let n = spreads.len();
+            (n > 0).then(|| spreads[((q * n as f64).ceil() as usize).clamp(1, n) - 1])
+        };
+        Fanout {
+            ticks: spreads.len(),
+            spread_p50_us: pct(0.50),
+            spread_p99_us: pct(0.99),
+            spread_max_us: spreads.last().copied(),
+            per_tick,
+        }
+    }
 }
 
 pub fn encode_histogram(h: &Histogram<u64>) -> String {
@@ -179,6 +220,7 @@ impl RunResult {
             counters,
             percentiles: BTreeMap::new(),
             histograms: BTreeMap::new(),
+            fanout: Fanout::default(),
             notes,
         };
         r.set_histograms(histograms);
@@ -232,10 +274,12 @@ impl RunResult {
         let mut runs = Vec::new();
         let mut counters = Counters::default();
         let mut histograms = Histograms::default();
+        let mut ticks = BTreeMap::new();
         let mut notes = Vec::new();
         let mut intervals = Vec::new();
         for part in parts {
             histograms.add(&part.decode_histograms()?);
+            add_ticks(&mut ticks, &part.fanout.per_tick);
             counters.add(&part.counters);
             for note in part.notes {
                 if !notes.contains(&note) {
@@ -256,7 +300,9 @@ impl RunResult {
                     .into(),
             );
         }
-        Ok(RunResult::new(runs, counters, &histograms, notes))
+        let mut merged = RunResult::new(runs, counters, &histograms, notes);
+        merged.fanout = Fanout::of(ticks);
+        Ok(merged)
     }
 }
 
@@ -294,6 +340,34 @@ mod tests {
         assert_eq!(decode_histogram(&encode_histogram(&h)).unwrap(), h);
         assert!(decode_histogram("not base64!").is_err());
         assert!(decode_histogram("AAAA").is_err());
+    }
+
+    #[test]
+    fn fanout_spread_counts_only_ticks_that_reached_everyone() {
+        let span = |first_us, last_us, count| TickSpan {
+            first_us,
+            last_us,
+            count,
+        };
+        let per_tick = BTreeMap::from([
+            (10, span(1_000, 1_500, 40)), // cut by the window's start: left out
+            (11, span(2_000, 2_100, 100)),
+            (12, span(3_000, 3_300, 100)),
+            (13, span(4_000, 4_200, 99)),
+        ]);
+        let f = Fanout::of(per_tick);
+        assert_eq!(f.ticks, 3);
+        assert_eq!(f.spread_p50_us, Some(200));
+        assert_eq!(f.spread_max_us, Some(300));
+        assert_eq!(f.spread_p99_us, Some(300));
+        // merging two hosts' halves of one tick widens it to both ends
+        let mut a = result_with(0..10, 10);
+        let mut b = result_with(0..10, 10);
+        a.fanout = Fanout::of(BTreeMap::from([(5, span(100, 200, 50))]));
+        b.fanout = Fanout::of(BTreeMap::from([(5, span(150, 400, 50))]));
+        let m = RunResult::merge(vec![a, b]).unwrap();
+        assert_eq!(m.fanout.per_tick[&5], span(100, 400, 100));
+        assert_eq!(m.fanout.spread_max_us, Some(300));
     }
 
     #[test]

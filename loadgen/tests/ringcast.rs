@@ -94,6 +94,17 @@ fn two_thousand_streams_get_every_event() {
         "{stdout}"
     );
     assert_eq!(r["percentiles"]["connect"]["count"].as_u64(), Some(2000));
+    // every stream got each counted tick: the fan-out spread covers whole ticks
+    let fanout = &r["fanout"];
+    assert!(fanout["ticks"].as_u64().unwrap_or(0) >= 1, "{fanout}");
+    assert!(fanout["spread_max_us"].as_u64().is_some(), "{fanout}");
+    let full = fanout["per_tick"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter(|t| t["count"].as_u64() == Some(2000))
+        .count();
+    assert!(full >= 1, "some tick reached all 2000 streams: {fanout}");
     if server.info_url.is_some() {
         // The server described itself, and its interval matched ours (no warning note).
         assert_eq!(run["server"]["info"]["name"], "ringcast", "{stdout}");

@@ -55,17 +55,24 @@ impl TestServer {
 
     fn launch(driver: &str, listen: &str, args: &[&str], nofile: Option<u64>) -> TestServer {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringcast"));
-        if let Some(n) = nofile {
+        {
             use std::os::unix::process::CommandExt;
             // SAFETY: only async-signal-safe calls between fork and exec.
             unsafe {
                 cmd.pre_exec(move || {
-                    let lim = libc::rlimit {
-                        rlim_cur: n,
-                        rlim_max: n,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    // Die with the test thread that started us, even if the test aborts
+                    // without running destructors: no orphan servers after a crashed test.
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                         return Err(std::io::Error::last_os_error());
+                    }
+                    if let Some(n) = nofile {
+                        let lim = libc::rlimit {
+                            rlim_cur: n,
+                            rlim_max: n,
+                        };
+                        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
                     }
                     Ok(())
                 })
