@@ -24,6 +24,7 @@ import glob
 import json
 import math
 import os
+import re
 import struct
 import sys
 import zlib
@@ -42,6 +43,7 @@ KNOWN = {
     "nchan": ("nginx + nchan", "nginx (epoll)"),
 }
 ORDER = ["floor", "uring", "epoll", "axum", "nchan"]
+KERNELS = "ringcast-kernels/result"
 
 # ------------------------------------------------------------------ HdrHistogram V2
 
@@ -252,6 +254,13 @@ def load(paths):
             continue
         if doc.get("schema") == LOADGEN:
             results.append(Result(p, doc, sidecar_of(p)))
+        elif doc.get("schema") == KERNELS and isinstance(doc.get("result"), dict):
+            # bench/kernels.sh: a loadgen result from inside a VM, wrapped with the virt kind,
+            # the guest's io_uring facts and the driver the server ran.
+            virt = doc.get("virt") or "unknown"
+            label = {"io_uring": "uring", "epoll": "epoll"}.get(doc.get("server_driver"), "n/a")
+            side = {"label": label, "run_id": f"{virt}-matrix", "host": {"virt": virt}}
+            results.append(Result(p, doc["result"], side))
         elif doc.get("schema") == WRK:
             wrks.append(Wrk(p, doc))
     results.sort(key=lambda r: (r.run_id or "", r.n or 0, ORDER.index(r.label) if r.label in ORDER else 99))
@@ -536,10 +545,20 @@ How to read the figures:
 """
 
 
+def kernel_key(release):
+    """Sort kernel releases numerically: 5.10 before 6.1 before 6.12."""
+    parts = re.findall(r"\d+", release or "")
+    return [int(p) for p in parts[:3]]
+
+
 def readme(results_dir):
     files = sorted(glob.glob(os.path.join(results_dir, "**", "*.json"), recursive=True))
     results, wrks = load(files)
     out = [README_HEAD]
+    # Results from emulated guests (TCG) are never put beside native ones: they get their own
+    # section, kernels side by side, with no ratios (there is no floor in their run).
+    emulated = [r for r in results if r.virt in ("tcg", "kvm")]
+    results = [r for r in results if r not in emulated]
     runs = defaultdict(lambda: ([], []))
     for r in results:
         runs[(r.kernel or "unknown", r.run_id)][0].append(r)
@@ -558,6 +577,22 @@ def readme(results_dir):
         if ws:
             out.append("\n" + wrk_table(ws))
         out.append("\n### How it was made\n\n" + how_made(rs, ws))
+    if emulated:
+        out.append(
+            "\n## Kernels side by side (virtual machines: not comparable with the runs above)\n\n"
+            "`bench/kernels.sh` boots each Debian kernel under QEMU and runs server and loadgen in the "
+            "guest. **virt = tcg** is software emulation, 4–20× slower than native and noisy: these "
+            "columns show behaviour and capacity (io_uring available, which driver ran, streams held, "
+            "missed ids), not speed. The io_uring facts of each kernel (FEAT flags, opcodes) are in "
+            "[kernels.md](kernels.md).\n"
+        )
+        for n in sorted({r.n or 0 for r in emulated}):
+            group = sorted(
+                (r for r in emulated if (r.n or 0) == n),
+                key=lambda r: (kernel_key(r.kernel), ORDER.index(r.label) if r.label in ORDER else 99),
+            )
+            out.append(f"\n### {n} streams ({group[0].virt})\n\n")
+            out.append(table(group))
     with open(os.path.join(results_dir, "README.md"), "w") as f:
         f.write("".join(out))
     return os.path.join(results_dir, "README.md")
