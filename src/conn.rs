@@ -147,9 +147,8 @@ async fn requests(core: &Core, stream: &mut TcpStream, s: &mut Session) -> End {
             Next::Stream(head) if core.cap.try_reserve() => return End::Stream(head),
             Next::Stream(_) => return End::Reject(Reject::Busy),
         }
-        if s.buf.is_empty() {
-            core.put_buffer(std::mem::take(&mut s.buf));
-        }
+        // A connection that answered a request keeps its buffer for the next one (a kept-alive
+        // client is busy); only a fresh connection waits for bytes without one (see read_more).
         let deadline = *deadline.get_or_insert_with(|| Instant::now() + core.cfg.header_timeout);
         let idle = s.idle();
         let room = s.room();
@@ -163,8 +162,10 @@ async fn requests(core: &Core, stream: &mut TcpStream, s: &mut Session) -> End {
     }
 }
 
-/// Appends at most `room` bytes from the client to `buf`, by `deadline`. A silent client holds no
-/// buffer: we wait for readability first and take a buffer from the pool only when bytes are there.
+/// Appends at most `room` bytes from the client to `buf`, by `deadline`. A fresh connection holds
+/// no buffer while silent: we wait for readability first and take a buffer from the pool only when
+/// its bytes are there. A kept-alive connection keeps its buffer between requests (one ring op per
+/// request fewer on io_uring).
 async fn read_more(
     core: &Core,
     stream: &mut TcpStream,
@@ -173,15 +174,15 @@ async fn read_more(
     deadline: Instant,
 ) -> Result<(), NoMore> {
     let remaining = || deadline.saturating_duration_since(Instant::now());
-    if buf.is_empty() {
+    if buf.capacity() == 0 {
+        // Nothing read yet on this connection: an SSE client will send one request and then
+        // live in the slab, so do not hand it a buffer until its bytes are there.
         match monoio::time::timeout(remaining(), stream.readable(true)).await {
             Err(_) => return Err(NoMore::Timeout),
             Ok(Err(_)) => return Err(NoMore::Closed),
             Ok(Ok(())) => {}
         }
-        if buf.capacity() == 0 {
-            *buf = core.take_buffer();
-        }
+        *buf = core.take_buffer();
     }
     if buf.len() == buf.capacity() {
         // A head larger than the pooled buffer: grow, up to the head limit.

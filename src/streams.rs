@@ -295,6 +295,11 @@ impl Walker {
                 futures::future::Either::Right(_) => limit += self.max_inflight,
             }
         }
+        // The request phase's short-lived tasks and buffers (accept bursts) leave freed pages
+        // in this thread's heap; hand them back to the OS once per walk so an idle stream's RSS
+        // is what it holds, not the high-water mark of the last connect burst.
+        // SAFETY: mi_collect only touches the calling thread's heap.
+        unsafe { libmimalloc_sys::mi_collect(false) };
         let took = started.elapsed().as_micros() as u64;
         self.stats.add(&self.stats.walk_us_total, took);
         self.stats.max(&self.stats.walk_us_max, took);
