@@ -545,6 +545,34 @@ How to read the figures:
 """
 
 
+def targets(rs, ws):
+    """The issue's targets for ringcast on io_uring at the largest N of a run: met, missed or n/a."""
+    uring = [r for r in rs if r.label == "uring"]
+    if not uring:
+        return ""
+    r = max(uring, key=lambda r: r.n or 0)
+    fl = r.floor
+
+    def check(name, value, limit, fmt, le=True):
+        if value is None:
+            return f"| {name} | n/a | {fmt.format(limit)} | n/a |\n"
+        ok = value <= limit if le else value >= limit
+        return f"| {name} | {fmt.format(value)} | {fmt.format(limit)} | {'met' if ok else '**missed**'} |\n"
+
+    cpu = r.cpu_ksoft / fl.cpu_ksoft if fl and r.cpu_ksoft and fl.cpu_ksoft else None
+    spread = r.spread() / fl.spread() if fl and r.spread() and fl.spread() else None
+    rps = {w.label: w.w.get("requests_per_s") for w in ws}
+    ok = rps["uring"] / rps["nchan"] if rps.get("uring") and rps.get("nchan") else None
+    return (
+        f"\n### Targets (ringcast io_uring, {r.n} streams; ratios to the floor of this run)\n\n"
+        "| target | measured | limit | |\n|---|---|---|---|\n"
+        + check("user bytes per idle stream", r.user_bytes, 256, "{:.0f}")
+        + check("CPU per frame (+ksoftirqd) vs floor", cpu, 0.85, "{:.2f}×")
+        + check("fan-out spread p99 vs floor", spread, 0.9, "{:.2f}×")
+        + check("`ok` requests/s vs nginx", ok, 1.3, "{:.2f}×", le=False)
+    )
+
+
 def kernel_key(release):
     """Sort kernel releases numerically: 5.10 before 6.1 before 6.12."""
     parts = re.findall(r"\d+", release or "")
@@ -576,6 +604,7 @@ def readme(results_dir):
                 out.append(f"\n![{name}]({rel}/{name})\n")
         if ws:
             out.append("\n" + wrk_table(ws))
+        out.append(targets(rs, ws))
         out.append("\n### How it was made\n\n" + how_made(rs, ws))
     if emulated:
         out.append(
