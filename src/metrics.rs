@@ -72,12 +72,10 @@ counters! {
     ok_requests,
     ticks,
     ticks_missed,
-    walk_us_total,
     frames_sent,
     bytes_sent,
     frames_skipped;
     max:
-    tick_late_us_max,
     walk_us_max,
 }
 

@@ -116,14 +116,6 @@ impl Streams {
         key
     }
 
-    pub fn len(&self) -> usize {
-        self.slab.borrow().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Closes every stream (at shutdown). Writes still in flight are dropped by their owner.
     pub fn close_all(&self) {
         let slots: Vec<Slot> = self.slab.borrow_mut().drain().collect();
@@ -244,8 +236,6 @@ impl Walker {
             let late = SystemTime::now()
                 .duration_since(self.clock.due(tick))
                 .unwrap_or_default();
-            self.stats
-                .max(&self.stats.tick_late_us_max, late.as_micros() as u64);
             self.stats.lateness.record_us(late.as_micros() as u64);
             self.stats.inc(&self.stats.ticks);
             self.walk(self.encoder.encode(tick), &mut inflight, write_frame)
@@ -301,7 +291,6 @@ impl Walker {
         // SAFETY: mi_collect only touches the calling thread's heap.
         unsafe { libmimalloc_sys::mi_collect(false) };
         let took = started.elapsed().as_micros() as u64;
-        self.stats.add(&self.stats.walk_us_total, took);
         self.stats.max(&self.stats.walk_us_max, took);
         self.stats.walk.record_us(took);
     }
