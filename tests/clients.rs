@@ -46,30 +46,6 @@ fn parse(lines: &[String]) -> Vec<Value> {
         .collect()
 }
 
-fn of_type<'a>(events: &'a [Value], ty: &str) -> Vec<&'a Value> {
-    events.iter().filter(|e| e["type"] == ty).collect()
-}
-
-fn message_id(m: &Value) -> u64 {
-    m["lastEventId"]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("numeric lastEventId in {m}"))
-}
-
-/// Asserts every message is `hello` and ids strictly increase.
-fn assert_hello_with_increasing_ids(messages: &[&Value]) {
-    for m in messages {
-        assert_eq!(m["data"], "hello", "{m}");
-    }
-    for w in messages.windows(2) {
-        assert!(
-            message_id(w[1]) > message_id(w[0]),
-            "ids increase: {messages:?}"
-        );
-    }
-}
-
 fn node_eventsource_receives_and_resumes_after_restart(driver: &str) {
     let test = "node_eventsource_receives_and_resumes_after_restart";
     let Some(node) = node_client(test) else {

@@ -557,3 +557,32 @@ pub fn metric(server: &TestServer, name: &str) -> f64 {
         &format!("ringcast_{name}{{worker=\"total\"}}"),
     )
 }
+
+// ---- records of EventSource clients (the browser page, the Node client): JSON objects with a
+// `type` ("open", "message", "error", …) and, for messages, `data` and `lastEventId` ----
+
+/// The records of one type.
+pub fn of_type<'a>(log: &'a [serde_json::Value], ty: &str) -> Vec<&'a serde_json::Value> {
+    log.iter().filter(|e| e["type"] == ty).collect()
+}
+
+/// A message's `lastEventId`, which ringcast makes the tick number.
+pub fn message_id(m: &serde_json::Value) -> u64 {
+    m["lastEventId"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("numeric lastEventId in {m}"))
+}
+
+/// Every message is `hello` and ids strictly increase.
+pub fn assert_hello_with_increasing_ids(messages: &[&serde_json::Value]) {
+    for m in messages {
+        assert_eq!(m["data"], "hello", "{m}");
+    }
+    for w in messages.windows(2) {
+        assert!(
+            message_id(w[1]) > message_id(w[0]),
+            "ids increase: {messages:?}"
+        );
+    }
+}
