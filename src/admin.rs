@@ -1,25 +1,40 @@
-//! The admin listener: `/metrics` (Prometheus text format), `/healthz` and `/info` (JSON).
+//! The admin listener: `POST /publish`, and `/metrics` (Prometheus text format), `/healthz` and
+//! `/info` (JSON).
 //!
-//! It runs on its own plain thread with blocking std sockets, away from the workers: scraping it
-//! never touches a worker's runtime, it only reads the workers' single-writer counters and adds
-//! them up. It binds a separate address (`--admin-listen`, loopback by default), never the
-//! public listener.
+//! It runs on its own thread with its own small monoio runtime (epoll: a handful of connections
+//! does not need a ring), away from the workers: publishing hands events to the workers through
+//! the hub, scraping only reads their single-writer counters. Each admin connection is a task
+//! with deadlines, so many keep-alive publishers are served at once, a silent or trickling client
+//! only ever holds its own connection (and is cut off at `--header-timeout`), and stopping the
+//! listener drops every connection at once: shutdown never waits for an admin client.
+//!
+//! It binds a separate address (`--admin-listen`, loopback by default), never the public
+//! listener; on any other address publishing requires `--publish-token`.
 
+use std::cell::Cell;
 use std::fmt::Write as _;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::channel::oneshot;
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::{TcpListener, TcpStream};
 
 use crate::config::{Config, Cors};
+use crate::hub::{Hub, PublishError};
 use crate::metrics::{HistogramSnapshot, Snapshot, WorkerStats, BUCKETS_US};
 use crate::net::FdLimit;
+use crate::publish::{self, Refusal};
 use crate::streams::StreamCap;
 use crate::worker::Started;
 
-/// What the endpoints report on.
+/// What the endpoints report on and publish to.
 pub struct State {
     pub cfg: Arc<Config>,
     pub listen: SocketAddr,
@@ -28,39 +43,85 @@ pub struct State {
     pub workers: Vec<Started>,
     pub stats: Vec<Arc<WorkerStats>>,
     pub cap: Arc<StreamCap>,
+    pub hub: Arc<Hub>,
     /// Worker threads still running.
     pub alive: Arc<AtomicUsize>,
     pub started_at: SystemTime,
+    pub counters: AdminCounters,
+}
+
+/// The admin listener's own counters (one writer: its thread).
+#[derive(Debug, Default)]
+pub struct AdminCounters {
+    pub publish_requests: AtomicU64,
+    /// Publishes refused, by status.
+    pub publish_refused: [AtomicU64; 6],
+    pub connections_refused: AtomicU64,
+}
+
+/// The statuses `publish_refused` counts, in order.
+const REFUSED: [u16; 6] = [400, 401, 411, 413, 503, 405];
+
+impl AdminCounters {
+    fn refused(&self, status: u16) {
+        if let Some(i) = REFUSED.iter().position(|&s| s == status) {
+            self.publish_refused[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// A running admin listener.
 pub struct Admin {
     addr: SocketAddr,
-    stop: Arc<AtomicBool>,
+    stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
+/// Largest admin request head.
+const MAX_HEAD: usize = 8 * 1024;
+
 impl Admin {
     pub fn start(addr: SocketAddr, state: State) -> io::Result<Admin> {
-        let listener = TcpListener::bind(addr)?;
+        let listener = std::net::TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = mpsc::channel::<io::Result<()>>();
         let thread = std::thread::Builder::new()
             .name("ringcast-admin".into())
             .spawn(move || {
-                for conn in listener.incoming() {
-                    if flag.load(Ordering::Acquire) {
-                        break;
+                let rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                    .enable_timer()
+                    .build();
+                let mut rt = match rt {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
                     }
-                    if let Ok(conn) = conn {
-                        let _ = serve(conn, &state);
-                    }
-                }
+                };
+                rt.block_on(async move {
+                    let listener = match TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(()));
+                    let accepting = std::pin::pin!(accept_loop(listener, Rc::new(state)));
+                    // Stopping drops the accept loop; the connection tasks go with the runtime.
+                    let _ = futures::future::select(stop_rx, accepting).await;
+                });
             })?;
+        match ready_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(io::Error::other("the admin thread did not start")),
+        }
         Ok(Admin {
             addr,
-            stop,
+            stop: Some(stop_tx),
             thread: Some(thread),
         })
     }
@@ -69,84 +130,386 @@ impl Admin {
         self.addr
     }
 
+    /// Stops listening and drops every admin connection; waits at most 500 ms for the thread.
     pub fn stop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        // Wake the blocking accept.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            let deadline = Instant::now() + Duration::from_millis(500);
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                tracing::warn!("the admin thread did not stop within 500 ms; leaving it");
+            }
         }
     }
 }
 
-fn serve(mut conn: TcpStream, state: &State) -> io::Result<()> {
-    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
-    conn.set_write_timeout(Some(Duration::from_secs(2)))?;
-    let mut buf = vec![0u8; 8192];
-    let mut len = 0;
-    let (method, path) = loop {
-        let n = conn.read(&mut buf[len..])?;
-        if n == 0 {
-            return Ok(());
+async fn accept_loop(listener: TcpListener, state: Rc<State>) {
+    let open = Rc::new(Cell::new(0usize));
+    loop {
+        match listener.accept().await {
+            Ok((conn, _)) => {
+                if open.get() >= state.cfg.admin_max_connections {
+                    state
+                        .counters
+                        .connections_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    monoio::spawn(refuse(conn));
+                    continue;
+                }
+                open.set(open.get() + 1);
+                let (state, open) = (state.clone(), open.clone());
+                monoio::spawn(async move {
+                    serve(conn, &state).await;
+                    open.set(open.get() - 1);
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                monoio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
-        len += n;
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&buf[..len]) {
-            Ok(httparse::Status::Complete(_)) => {
-                break (
-                    req.method.unwrap_or("").to_owned(),
-                    req.path.unwrap_or("").to_owned(),
+    }
+}
+
+/// Over `--admin-max-connections`: a short 503, bounded in time.
+async fn refuse(mut conn: TcpStream) {
+    let reply = response(
+        503,
+        "text/plain",
+        &[("Retry-After", "1")],
+        b"too many admin connections\n",
+        true,
+    );
+    let _ = monoio::time::timeout(Duration::from_secs(1), conn.write_all(reply)).await;
+}
+
+/// An admin request head, parsed.
+struct Head {
+    method: String,
+    path: String,
+    query: String,
+    content_length: usize,
+    authorization: Option<Vec<u8>>,
+    close: bool,
+    head_len: usize,
+}
+
+/// Why a head cannot be served.
+enum BadHead {
+    Partial,
+    Bad(u16, &'static str),
+}
+
+fn parse_head(buf: &[u8]) -> Result<Head, BadHead> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
+            return Err(BadHead::Bad(431, "request header section too large\n"))
+        }
+        Ok(httparse::Status::Partial) => return Err(BadHead::Partial),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(BadHead::Bad(431, "too many header fields\n"))
+        }
+        Err(_) => return Err(BadHead::Bad(400, "bad request\n")),
+    };
+    let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
+        return Err(BadHead::Bad(400, "bad request\n"));
+    };
+    let mut content_length = None;
+    let mut close = version == 0;
+    let mut authorization = None;
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let v = std::str::from_utf8(h.value).ok().map(str::trim);
+            match v.filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit())) {
+                Some(v) if content_length.is_none() => {
+                    content_length = Some(v.parse::<usize>().unwrap_or(usize::MAX))
+                }
+                _ => return Err(BadHead::Bad(400, "bad Content-Length\n")),
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            return Err(BadHead::Bad(
+                411,
+                "chunked request bodies are not accepted; send Content-Length\n",
+            ));
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in h.value.split(|&b| b == b',') {
+                let t = token.trim_ascii();
+                if t.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if t.eq_ignore_ascii_case(b"keep-alive") && version == 0 {
+                    close = false;
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"authorization") {
+            authorization = Some(h.value.to_vec());
+        }
+    }
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    Ok(Head {
+        method: method.to_owned(),
+        path: path.to_owned(),
+        query: query.to_owned(),
+        content_length: content_length.unwrap_or(0),
+        authorization,
+        close,
+        head_len,
+    })
+}
+
+/// Reads into `buf` until it holds `want` bytes, by `deadline`. `false`: closed or timed out.
+async fn fill(conn: &mut TcpStream, buf: &mut Vec<u8>, want: usize, deadline: Instant) -> bool {
+    while buf.len() < want {
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(want.max(buf.len() + 4096) - buf.len());
+        }
+        let start = buf.len();
+        let end = buf.capacity();
+        let left = deadline.saturating_duration_since(Instant::now());
+        let read = conn.read(std::mem::take(buf).slice_mut(start..end));
+        let Ok((res, slice)) = monoio::time::timeout(left, read).await else {
+            return false;
+        };
+        *buf = slice.into_inner();
+        match res {
+            Ok(0) | Err(_) => return false,
+            Ok(_) => {}
+        }
+    }
+    true
+}
+
+/// Serves one admin connection: requests one after another (keep-alive), each within
+/// `--header-timeout` from its first byte (and an idle connection closed after it).
+async fn serve(mut conn: TcpStream, state: &State) {
+    let timeout = state.cfg.header_timeout;
+    let mut buf: Vec<u8> = Vec::with_capacity(1024);
+    loop {
+        let deadline = Instant::now() + timeout;
+        let head = loop {
+            match parse_head(&buf) {
+                Ok(head) => break head,
+                Err(BadHead::Bad(status, why)) => {
+                    let reply = response(status, "text/plain", &[], why.as_bytes(), true);
+                    let _ = monoio::time::timeout(timeout, conn.write_all(reply)).await;
+                    return;
+                }
+                Err(BadHead::Partial) => {
+                    let want = buf.len() + 1;
+                    if !fill(&mut conn, &mut buf, want, deadline).await {
+                        return;
+                    }
+                }
+            }
+        };
+        let (reply, close) = answer(&mut conn, &mut buf, head, deadline, state).await;
+        let Ok((Ok(_), _)) = monoio::time::timeout(timeout, conn.write_all(reply)).await else {
+            return;
+        };
+        if close {
+            return;
+        }
+    }
+}
+
+/// Handles one request whose head is at the start of `buf`; consumes it (and its body) from
+/// `buf`. Returns the response and whether to close afterwards.
+async fn answer(
+    conn: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    head: Head,
+    deadline: Instant,
+    state: &State,
+) -> (Vec<u8>, bool) {
+    let close = head.close;
+    if head.path == "/publish" {
+        state
+            .counters
+            .publish_requests
+            .fetch_add(1, Ordering::Relaxed);
+        let refuse = |r: Refusal, close: bool| {
+            state.counters.refused(r.status());
+            let extra: &[(&str, &str)] = match r {
+                Refusal::Unauthorized => &[("WWW-Authenticate", "Bearer realm=\"ringcast\"")],
+                _ => &[],
+            };
+            let body = serde_json::json!({ "error": r.message() }).to_string() + "\n";
+            let close = close || r.status() == 413;
+            (
+                response(
+                    r.status(),
+                    "application/json",
+                    extra,
+                    body.as_bytes(),
+                    close,
+                ),
+                close,
+            )
+        };
+        if head.method != "POST" {
+            state.counters.refused(405);
+            let reply = response(
+                405,
+                "text/plain",
+                &[("Allow", "POST")],
+                b"publish with POST\n",
+                close,
+            );
+            return skip_body(conn, buf, &head, deadline, reply, close).await;
+        }
+        let cfg = &state.cfg;
+        if !publish::authorized(head.authorization.as_deref(), cfg.publish_token.as_deref()) {
+            let (reply, close) = refuse(Refusal::Unauthorized, close);
+            return skip_body(conn, buf, &head, deadline, reply, close).await;
+        }
+        if head.content_length > cfg.max_event_bytes {
+            // The body is not read: answer and close.
+            return refuse(Refusal::TooLarge(cfg.max_event_bytes), true);
+        }
+        let end = head.head_len + head.content_length;
+        if !fill(conn, buf, end, deadline).await {
+            return (Vec::new(), true);
+        }
+        let limits = publish::Limits {
+            token: cfg.publish_token.as_deref(),
+            max_channels: cfg.max_channels,
+            max_event_bytes: cfg.max_event_bytes,
+        };
+        let checked = publish::check(head.query.as_bytes(), &buf[head.head_len..end], limits);
+        buf.drain(..end);
+        let p = match checked {
+            Ok(p) => p,
+            Err(r) => return refuse(r, close),
+        };
+        return match state.hub.publish(p.channels.clone(), &p.event, &p.data) {
+            Ok(id) => {
+                let body = serde_json::json!({ "id": id.to_string(), "channels": p.channels })
+                    .to_string()
+                    + "\n";
+                (
+                    response(201, "application/json", &[], body.as_bytes(), close),
+                    close,
                 )
             }
-            Ok(httparse::Status::Partial) if len < buf.len() => continue,
-            _ => return respond(&mut conn, 400, "text/plain", "bad request\n"),
-        }
-    };
-    let path = path.split('?').next().unwrap_or("");
-    if method != "GET" && method != "HEAD" {
-        return respond(&mut conn, 405, "text/plain", "only GET\n");
+            Err(e) => {
+                state.counters.refused(503);
+                let why = match e {
+                    PublishError::Overloaded => "the workers cannot keep up; retry shortly",
+                    PublishError::ShuttingDown => "the server is shutting down",
+                };
+                let body = serde_json::json!({ "error": why }).to_string() + "\n";
+                (
+                    response(
+                        503,
+                        "application/json",
+                        &[("Retry-After", "1")],
+                        body.as_bytes(),
+                        close,
+                    ),
+                    close,
+                )
+            }
+        };
     }
-    match path {
-        "/metrics" => respond(
-            &mut conn,
+    if head.method != "GET" && head.method != "HEAD" {
+        let reply = response(
+            405,
+            "text/plain",
+            &[("Allow", "GET, HEAD")],
+            b"only GET\n",
+            close,
+        );
+        return skip_body(conn, buf, &head, deadline, reply, close).await;
+    }
+    let (status, ctype, body) = match head.path.as_str() {
+        "/metrics" => (
             200,
             "text/plain; version=0.0.4; charset=utf-8",
-            &metrics(state),
+            metrics(state),
         ),
         "/healthz" => {
             let alive = state.alive.load(Ordering::Acquire);
             if alive == state.workers.len() {
-                respond(&mut conn, 200, "text/plain", "ok\n")
+                (200, "text/plain", "ok\n".to_owned())
             } else {
                 let body = format!("{alive} of {} workers running\n", state.workers.len());
-                respond(&mut conn, 503, "text/plain", &body)
+                (503, "text/plain", body)
             }
         }
-        "/info" => respond(&mut conn, 200, "application/json", &info(state)),
-        _ => respond(
-            &mut conn,
+        "/info" => (200, "application/json", info(state)),
+        _ => (
             404,
             "text/plain",
-            "try /metrics, /healthz or /info\n",
+            "try /metrics, /healthz, /info or POST /publish\n".to_owned(),
         ),
+    };
+    let mut reply = response(status, ctype, &[], body.as_bytes(), close);
+    if head.method == "HEAD" {
+        let head_end = reply
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(reply.len(), |i| i + 4);
+        reply.truncate(head_end);
     }
+    skip_body(conn, buf, &head, deadline, reply, close).await
 }
 
-fn respond(conn: &mut TcpStream, status: u16, ctype: &str, body: &str) -> io::Result<()> {
+/// Drops a request's body (up to 64 KiB; larger closes the connection) before answering.
+async fn skip_body(
+    conn: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    head: &Head,
+    deadline: Instant,
+    reply: Vec<u8>,
+    close: bool,
+) -> (Vec<u8>, bool) {
+    if head.content_length > 64 * 1024 {
+        return (reply, true);
+    }
+    let end = head.head_len + head.content_length;
+    if !fill(conn, buf, end, deadline).await {
+        return (reply, true);
+    }
+    buf.drain(..end);
+    (reply, close)
+}
+
+fn response(status: u16, ctype: &str, extra: &[(&str, &str)], body: &[u8], close: bool) -> Vec<u8> {
     let reason = match status {
         200 => "OK",
+        201 => "Created",
         400 => "Bad Request",
+        401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        431 => "Request Header Fields Too Large",
         _ => "Service Unavailable",
     };
-    let head = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+    let mut head = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n",
         body.len()
     );
-    conn.write_all(head.as_bytes())?;
-    conn.write_all(body.as_bytes())
+    for (k, v) in extra {
+        let _ = write!(head, "{k}: {v}\r\n");
+    }
+    if close {
+        head.push_str("Connection: close\r\n");
+    }
+    head.push_str("\r\n");
+    let mut out = head.into_bytes();
+    out.extend_from_slice(body);
+    out
 }
 
 /// The plain per-worker series: (name, type, help, value).
@@ -207,6 +570,36 @@ const FAMILIES: &[Family] = &[
         |s| s.ticks_missed as f64,
     ),
     (
+        "channel_streams_open",
+        "gauge",
+        "Channel streams open now (also counted in streams_open).",
+        |s| s.channel_streams_open as f64,
+    ),
+    (
+        "events_delivered_total",
+        "counter",
+        "Published events queued on channel streams (one per stream reached).",
+        |s| s.events_delivered as f64,
+    ),
+    (
+        "events_replayed_total",
+        "counter",
+        "Events replayed from the history to resuming streams.",
+        |s| s.events_replayed as f64,
+    ),
+    (
+        "replay_resets_total",
+        "counter",
+        "Resumes the history could not complete (ringcast-reset sent).",
+        |s| s.replay_resets as f64,
+    ),
+    (
+        "heartbeats_skipped_total",
+        "counter",
+        "Heartbeats a channel stream skipped: a write was still pending.",
+        |s| s.heartbeats_skipped as f64,
+    ),
+    (
         "tick_walk_seconds_max",
         "gauge",
         "Longest tick walk.",
@@ -254,6 +647,7 @@ pub fn metrics(state: &State) -> String {
             ("write_error", s.closed_write_error),
             ("skips_exceeded", s.closed_skips),
             ("shutdown", s.closed_shutdown),
+            ("queue_full", s.closed_queue_full),
         ] {
             let _ = writeln!(
                 out,
@@ -351,6 +745,62 @@ pub fn metrics(state: &State) -> String {
         "# HELP ringcast_fd_limit Open-files soft limit.\n# TYPE ringcast_fd_limit gauge\nringcast_fd_limit {}",
         state.fd_limit.soft
     );
+    let (h_events, h_bytes, h_channels) = state.hub.history_size();
+    let c = &state.counters;
+    for (name, kind, help, value) in [
+        (
+            "events_published_total",
+            "counter",
+            "Events published (sequenced and handed to every core).",
+            state.hub.published(),
+        ),
+        (
+            "history_events",
+            "gauge",
+            "Events held in the replay history.",
+            h_events as u64,
+        ),
+        (
+            "history_bytes",
+            "gauge",
+            "Bytes the replay history holds (frames and bookkeeping).",
+            h_bytes as u64,
+        ),
+        (
+            "history_channels",
+            "gauge",
+            "Channels with events in the replay history.",
+            h_channels as u64,
+        ),
+        (
+            "publish_requests_total",
+            "counter",
+            "Requests to /publish.",
+            c.publish_requests.load(Ordering::Relaxed),
+        ),
+        (
+            "admin_connections_refused_total",
+            "counter",
+            "Admin connections refused at --admin-max-connections.",
+            c.connections_refused.load(Ordering::Relaxed),
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP ringcast_{name} {help}\n# TYPE ringcast_{name} {kind}\nringcast_{name} {value}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP ringcast_publish_refused_total Publishes refused, by status.\n# TYPE ringcast_publish_refused_total counter"
+    );
+    for (status, n) in REFUSED.iter().zip(&c.publish_refused) {
+        let _ = writeln!(
+            out,
+            "ringcast_publish_refused_total{{status=\"{status}\"}} {}",
+            n.load(Ordering::Relaxed)
+        );
+    }
     let _ = writeln!(
         out,
         "# HELP ringcast_workers_running Worker threads running.\n# TYPE ringcast_workers_running gauge\nringcast_workers_running {}",
@@ -402,6 +852,20 @@ pub fn info(state: &State) -> String {
             "max_body": cfg.max_body,
             "max_inflight": cfg.max_inflight,
             "user_timeout_ms": cfg.user_timeout.as_millis() as u64,
+            "max_channels_per_stream": cfg.max_channels,
+            "max_event_bytes": cfg.max_event_bytes,
+            "max_queued_bytes": cfg.max_queued_bytes,
+            "admin_max_connections": cfg.admin_max_connections,
+        },
+        "channels": {
+            "heartbeat_ms": cfg.heartbeat.map(|d| d.as_millis() as u64),
+            "history_per_channel": cfg.history,
+            "history_bytes": cfg.history_bytes,
+            "history_age_ms": cfg.history_age.as_millis() as u64,
+            "publish_token": cfg.publish_token.is_some(),
+            "engine": "local",
+            "start_id": state.hub.start().to_string(),
+            "last_id": state.hub.last_id().to_string(),
         },
         "config": {
             "driver_requested": format!("{:?}", cfg.driver).to_lowercase(),

@@ -42,8 +42,9 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = DriverChoice::Auto)]
     pub driver: DriverChoice,
 
-    /// io_uring submission queue entries per worker (at least 256; the kernel caps it at 32768).
-    #[arg(long, default_value_t = 1024, value_name = "N")]
+    /// io_uring submission queue entries per worker (256 to 32768).
+    #[arg(long, default_value_t = 1024, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(256..=32768))]
     pub ring_entries: u32,
 
     /// Tick interval: every stream gets one event per interval, at wall-clock multiples of it.
@@ -72,7 +73,7 @@ pub struct Args {
     pub max_streams: Option<usize>,
 
     /// Consecutive ticks a stream may skip (its previous write still pending) before it is closed.
-    #[arg(long, default_value_t = 3, value_name = "N")]
+    #[arg(long, default_value_t = 3, value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
     pub max_skips: u8,
 
     /// Time a client has to send a complete request header section.
@@ -99,6 +100,51 @@ pub struct Args {
     #[arg(long, default_value = "127.0.0.1:9090", value_parser = parse_admin, value_name = "ADDR|none")]
     pub admin_listen: AdminListen,
 
+    /// Heartbeat comment (`:`) sent to channel streams this often when idle (`off` to disable).
+    #[arg(long, default_value = "15s", value_parser = parse_heartbeat, value_name = "DURATION|off")]
+    pub heartbeat: Heartbeat,
+
+    /// Most channels one stream may subscribe to.
+    #[arg(long, default_value_t = 32, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_channels_per_stream: u32,
+
+    /// Published events kept per channel for replay.
+    #[arg(long, default_value_t = 1000, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub history: u32,
+
+    /// Most memory the history may hold over all channels (e.g. 64MiB).
+    #[arg(long, default_value = "64MiB", value_parser = parse_bytes, value_name = "BYTES")]
+    pub history_bytes: u64,
+
+    /// Published events older than this are dropped from the history.
+    #[arg(long, default_value = "10m", value_parser = parse_positive_duration, value_name = "DURATION")]
+    pub history_age: Duration,
+
+    /// Largest event (its data) a publish may carry; larger gets 413.
+    #[arg(long, default_value = "64KiB", value_parser = parse_bytes, value_name = "BYTES")]
+    pub max_event_bytes: u64,
+
+    /// Bytes a channel stream may have queued behind a pending write before it is closed.
+    #[arg(long, default_value = "256KiB", value_parser = parse_bytes, value_name = "BYTES")]
+    pub max_queued_bytes: u64,
+
+    /// Bearer token publishers must send (`Authorization: Bearer TOKEN`); required when the
+    /// admin listener is not on a loopback address.
+    #[arg(
+        long,
+        env = "RINGCAST_PUBLISH_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub publish_token: Option<String>,
+
+    /// Most admin connections open at once (publishers and scrapers); more are refused.
+    #[arg(long, default_value_t = 256, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub admin_max_connections: u32,
+
     /// Print what this kernel's io_uring offers (setup, FEAT flags, opcodes) as JSON, and exit.
     #[arg(long)]
     pub probe_uring: bool,
@@ -122,6 +168,26 @@ fn parse_admin(s: &str) -> Result<AdminListen, String> {
     s.parse()
         .map(AdminListen::On)
         .map_err(|e| format!("{e} (an address such as 127.0.0.1:9090, or none)"))
+}
+
+/// `--heartbeat`: a period, or off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heartbeat(pub Option<Duration>);
+
+fn parse_heartbeat(s: &str) -> Result<Heartbeat, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(Heartbeat(None));
+    }
+    parse_positive_duration(s).map(|d| Heartbeat(Some(d)))
+}
+
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let n =
+        parse_size::parse_size(s).map_err(|e| format!("{e} (examples: 65536, 64KiB, 64MiB)"))?;
+    if n == 0 {
+        return Err("must be greater than zero".into());
+    }
+    Ok(n)
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
@@ -207,6 +273,15 @@ pub struct Config {
     pub user_timeout: Duration,
     pub backlog: i32,
     pub admin: AdminListen,
+    pub heartbeat: Option<Duration>,
+    pub max_channels: usize,
+    pub history: usize,
+    pub history_bytes: usize,
+    pub history_age: Duration,
+    pub max_event_bytes: usize,
+    pub max_queued_bytes: usize,
+    pub publish_token: Option<String>,
+    pub admin_max_connections: usize,
 }
 
 impl Config {
@@ -235,7 +310,41 @@ impl Config {
             user_timeout: args.user_timeout,
             backlog: args.backlog,
             admin: args.admin_listen,
+            heartbeat: args.heartbeat.0,
+            max_channels: args.max_channels_per_stream as usize,
+            history: args.history as usize,
+            history_bytes: args.history_bytes as usize,
+            history_age: args.history_age,
+            max_event_bytes: args.max_event_bytes as usize,
+            max_queued_bytes: args.max_queued_bytes as usize,
+            publish_token: args.publish_token.clone().filter(|t| !t.is_empty()),
+            admin_max_connections: args.admin_max_connections as usize,
         }
+    }
+
+    /// Checks what one flag's parser cannot: how flags relate to each other and to the admin
+    /// address. The error names the flags.
+    pub fn check(&self) -> Result<(), String> {
+        if self.max_queued_bytes < self.max_event_bytes + 256 {
+            return Err(format!(
+                "--max-queued-bytes {} must hold at least one event of --max-event-bytes {} (plus 256 bytes of framing)",
+                self.max_queued_bytes, self.max_event_bytes
+            ));
+        }
+        if self.history_bytes < self.max_event_bytes + 1024 {
+            return Err(format!(
+                "--history-bytes {} must hold at least one event of --max-event-bytes {}",
+                self.history_bytes, self.max_event_bytes
+            ));
+        }
+        if let AdminListen::On(a) = self.admin {
+            if !a.ip().is_loopback() && self.publish_token.is_none() {
+                return Err(format!(
+                    "--admin-listen {a} is not a loopback address: anyone who reaches it could publish; set --publish-token (or RINGCAST_PUBLISH_TOKEN), or listen on 127.0.0.1"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Seconds a client told 503 should wait: one tick, at least one second.

@@ -20,11 +20,12 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use crate::config::Config;
-use crate::http::{Reject, Responses, MAX_HEAD};
+use crate::http::{Reject, Responses, Subscription, MAX_HEAD};
 use crate::metrics::WorkerStats;
 use crate::net;
 use crate::session::{Next, Session};
 use crate::streams::{StreamCap, Streams};
+use crate::subs::Subs;
 
 /// A connection's read buffer starts this small (an EventSource request is a few hundred bytes)
 /// and grows to `MAX_HEAD` only for a larger head.
@@ -41,6 +42,7 @@ pub struct Core {
     pub cfg: Arc<Config>,
     pub responses: Responses,
     pub streams: Rc<Streams>,
+    pub subs: Rc<Subs>,
     pub cap: Arc<StreamCap>,
     pub stats: Arc<WorkerStats>,
     pool: RefCell<Vec<Vec<u8>>>,
@@ -50,6 +52,7 @@ impl Core {
     pub fn new(
         cfg: Arc<Config>,
         streams: Rc<Streams>,
+        subs: Rc<Subs>,
         cap: Arc<StreamCap>,
         stats: Arc<WorkerStats>,
     ) -> Self {
@@ -57,6 +60,7 @@ impl Core {
             responses: Responses::new(&cfg),
             cfg,
             streams,
+            subs,
             cap,
             stats,
             pool: RefCell::new(Vec::new()),
@@ -86,8 +90,9 @@ enum End {
     Closed,
     /// Refuse with this status and close.
     Reject(Reject),
-    /// Asked for a stream, which has a place under the cap: send it this head.
-    Stream(Bytes),
+    /// Asked for a stream, which has a place under the cap: send it this head (then a tick
+    /// stream, or a channel stream with this subscription).
+    Stream(Bytes, Option<Subscription>),
 }
 
 /// Serves one accepted connection (its own task).
@@ -99,13 +104,15 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
     match end {
         End::Closed => {}
         // Boxed: the rarer, larger states must not size every connection's task.
-        End::Stream(head) => Box::pin(open_stream(&core, stream, head)).await,
+        End::Stream(head, sub) => Box::pin(open_stream(&core, stream, head, sub)).await,
         End::Reject(r) => {
             let stats = &core.stats;
             stats.inc(match r {
                 Reject::Busy => &stats.rejected_busy,
                 Reject::Timeout => &stats.rejected_timeout,
-                Reject::BadRequest => &stats.rejected_bad_request,
+                Reject::BadRequest | Reject::BadChannel | Reject::TooManyChannels => {
+                    &stats.rejected_bad_request
+                }
                 Reject::HeadTooLarge | Reject::BodyTooLarge => &stats.rejected_too_large,
                 Reject::LengthRequired | Reject::OriginRefused => &stats.rejected_other,
             });
@@ -144,8 +151,8 @@ async fn requests(core: &Core, stream: &mut TcpStream, s: &mut Session) -> End {
             Next::NeedMore => {}
             Next::Close => return End::Closed,
             Next::Reject(r) => return End::Reject(r),
-            Next::Stream(head) if core.cap.try_reserve() => return End::Stream(head),
-            Next::Stream(_) => return End::Reject(Reject::Busy),
+            Next::Stream(head, sub) if core.cap.try_reserve() => return End::Stream(head, sub),
+            Next::Stream(..) => return End::Reject(Reject::Busy),
         }
         // A connection that answered a request keeps its buffer for the next one (a kept-alive
         // client is busy); only a fresh connection waits for bytes without one (see read_more).
@@ -216,8 +223,9 @@ async fn flush(stream: &mut TcpStream, out: Vec<Bytes>) -> bool {
     }
 }
 
-/// Sends the stream head and hands the socket to the core's slab. The cap place is reserved.
-async fn open_stream(core: &Core, mut stream: TcpStream, head: Bytes) {
+/// Sends the stream head and hands the socket to the core's tick slab, or to its channel
+/// streams. The cap place is reserved.
+async fn open_stream(core: &Core, mut stream: TcpStream, head: Bytes, sub: Option<Subscription>) {
     let write = stream.write_all(head);
     match monoio::time::timeout(core.cfg.header_timeout, write).await {
         Ok((Ok(_), _)) => {}
@@ -227,7 +235,12 @@ async fn open_stream(core: &Core, mut stream: TcpStream, head: Bytes) {
         }
     }
     net::tune_stream(stream.as_raw_fd(), core.cfg.user_timeout);
-    core.streams.insert(stream);
+    match sub {
+        None => {
+            core.streams.insert(stream);
+        }
+        Some(sub) => core.subs.open(stream, sub),
+    }
 }
 
 /// A lingering close: stop sending, then read (and drop) what the client is still sending for a

@@ -39,10 +39,59 @@ pub struct Request<'a> {
     /// HTTP/1.0 (a kept-alive connection must then be announced).
     pub http10: bool,
     pub origin: Option<&'a [u8]>,
-    /// `Last-Event-ID` header, or the `lastEventId` query parameter.
+    /// `Last-Event-ID` header, or the `lastEventId` / `last_event_id` query parameter (raw).
     pub last_event_id: Option<&'a [u8]>,
+    /// The request-target's query (after `?`), raw.
+    pub query: Option<&'a [u8]>,
     /// `Access-Control-Request-Headers` of a preflight.
     pub request_headers: Option<&'a [u8]>,
+}
+
+/// What a stream request asked to subscribe to (validated).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subscription {
+    /// Distinct, valid channel names, in the order asked.
+    pub channels: Vec<Box<str>>,
+    /// `Last-Event-ID` (header or query), raw; `None` when absent or empty.
+    pub last_event_id: Option<Box<[u8]>>,
+}
+
+/// The channels a stream request names with `channel` query parameters (percent-decoded), or
+/// `None` for a tick stream (no `channel` parameter: the seed's behaviour).
+pub fn subscription(
+    req: &Request<'_>,
+    max_channels: usize,
+) -> Result<Option<Subscription>, Reject> {
+    let Some(query) = req.query else {
+        return Ok(None);
+    };
+    let mut channels: Vec<Box<str>> = Vec::new();
+    for (k, v) in form_urlencoded::parse(query) {
+        if k != "channel" {
+            continue;
+        }
+        if !crate::event::valid_channel(v.as_bytes()) {
+            return Err(Reject::BadChannel);
+        }
+        if channels.iter().any(|c| **c == *v) {
+            continue;
+        }
+        if channels.len() == max_channels {
+            return Err(Reject::TooManyChannels);
+        }
+        channels.push(v.into());
+    }
+    if channels.is_empty() {
+        return Ok(None);
+    }
+    let last_event_id = req
+        .last_event_id
+        .filter(|id| !id.is_empty())
+        .map(Box::<[u8]>::from);
+    Ok(Some(Subscription {
+        channels,
+        last_event_id,
+    }))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,12 +123,16 @@ pub enum Reject {
     OriginRefused,
     /// At the stream cap. 503 with Retry-After.
     Busy,
+    /// A `channel` parameter that is not 1–128 bytes of `[A-Za-z0-9_.:-]`. 400.
+    BadChannel,
+    /// More distinct channels than `--max-channels-per-stream`. 400.
+    TooManyChannels,
 }
 
 impl Reject {
     pub fn status(self) -> u16 {
         match self {
-            Reject::BadRequest => 400,
+            Reject::BadRequest | Reject::BadChannel | Reject::TooManyChannels => 400,
             Reject::OriginRefused => 403,
             Reject::Timeout => 408,
             Reject::LengthRequired => 411,
@@ -91,7 +144,7 @@ impl Reject {
 
     fn reason(self) -> &'static str {
         match self {
-            Reject::BadRequest => "Bad Request",
+            Reject::BadRequest | Reject::BadChannel | Reject::TooManyChannels => "Bad Request",
             Reject::OriginRefused => "Forbidden",
             Reject::Timeout => "Request Timeout",
             Reject::LengthRequired => "Length Required",
@@ -112,6 +165,10 @@ impl Reject {
             Reject::BodyTooLarge => "request body too large\n",
             Reject::HeadTooLarge => "request header section too large\n",
             Reject::Busy => "too many streams, retry later\n",
+            Reject::BadChannel => {
+                "invalid channel name: 1-128 bytes of letters, digits, '_', '.', ':' or '-'\n"
+            }
+            Reject::TooManyChannels => "too many channels for one stream\n",
         }
     }
 }
@@ -204,8 +261,14 @@ pub fn parse(buf: &[u8], max_body: u64) -> Verdict<'_> {
         "HEAD" => Kind::Head,
         _ => Kind::Ok,
     };
-    if kind == Kind::Stream && last_event_id.is_none() {
-        last_event_id = query_param(path.as_bytes(), b"lastEventId");
+    let query = path
+        .bytes()
+        .position(|b| b == b'?')
+        .map(|q| &path.as_bytes()[q + 1..]);
+    if kind == Kind::Stream && last_event_id.is_none_or(<[u8]>::is_empty) {
+        last_event_id = query.and_then(|q| {
+            query_param(q, b"lastEventId").or_else(|| query_param(q, b"last_event_id"))
+        });
     }
     Verdict::Request(Request {
         kind,
@@ -215,6 +278,7 @@ pub fn parse(buf: &[u8], max_body: u64) -> Verdict<'_> {
         http10: version == 0,
         origin,
         last_event_id,
+        query,
         request_headers,
     })
 }
@@ -248,9 +312,8 @@ pub fn accepts_event_stream(value: &[u8]) -> bool {
 }
 
 /// The raw value of a query parameter (not percent-decoded).
-fn query_param<'a>(path: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
-    let q = path.iter().position(|&b| b == b'?')?;
-    path[q + 1..]
+fn query_param<'a>(query: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    query
         .split(|&b| b == b'&')
         .find_map(|kv| match kv.iter().position(|&b| b == b'=') {
             Some(i) if &kv[..i] == key => Some(&kv[i + 1..]),
@@ -275,6 +338,7 @@ pub struct Responses {
     cors: Cors,
     retry: Option<u64>,
     retry_after: u64,
+    pub max_channels: usize,
 }
 
 impl Responses {
@@ -304,6 +368,7 @@ impl Responses {
             cors: cfg.cors.clone(),
             retry: cfg.retry,
             retry_after: cfg.retry_after_secs(),
+            max_channels: cfg.max_channels,
         }
     }
 
@@ -354,7 +419,17 @@ impl Responses {
 
     /// The response for a refused request; the connection is closed after it.
     pub fn reject(&self, r: Reject) -> Bytes {
-        let body = r.body();
+        let limit;
+        let body = match r {
+            Reject::TooManyChannels => {
+                limit = format!(
+                    "too many channels for one stream: at most {} (--max-channels-per-stream)\n",
+                    self.max_channels
+                );
+                &limit
+            }
+            _ => r.body(),
+        };
         let mut b = BytesMut::with_capacity(160 + body.len());
         b.put_slice(format!("HTTP/1.1 {} {}\r\n", r.status(), r.reason()).as_bytes());
         b.put_slice(b"Content-Type: text/plain\r\nConnection: close\r\n");

@@ -11,22 +11,31 @@
 //! - [`sse`]: the tick clock, frame encoding, the stream's response head;
 //! - [`session`]: the request phase as a state machine without I/O (fuzzed);
 //! - [`conn`]: a connection from accept until it becomes a stream;
-//! - [`streams`]: the per-core slab and the tick walk;
+//! - [`streams`]: the per-core slab, the tick walk, and the core loop;
+//! - [`subs`]: a core's channel streams, their index and queues;
+//! - [`event`], [`history`], [`hub`]: published events, the replay history, and the event
+//!   source that sequences events and hands them to every core;
+//! - [`publish`]: the publish request's checks (fuzzed);
 //! - [`worker`]: one pinned runtime (driver choice, accept loop);
 //! - [`server`]: start-up, banner, shutdown;
 //! - [`net`], [`metrics`]: sockets and fd limits, per-worker counters;
-//! - [`admin`]: `/metrics`, `/healthz`, `/info` on a separate listener.
+//! - [`admin`]: `POST /publish`, `/metrics`, `/healthz`, `/info` on a separate listener.
 
 pub mod admin;
 pub mod config;
 pub mod conn;
+pub mod event;
+pub mod history;
 pub mod http;
+pub mod hub;
 pub mod metrics;
 pub mod net;
+pub mod publish;
 pub mod server;
 pub mod session;
 pub mod sse;
 pub mod streams;
+pub mod subs;
 pub mod uring_facts;
 pub mod worker;
 

@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Why a stream was closed.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CloseReason {
     /// The peer closed or reset the connection (EPIPE, ECONNRESET).
     ClientGone,
@@ -17,6 +17,20 @@ pub enum CloseReason {
     SkipsExceeded,
     /// The server is shutting down.
     Shutdown,
+    /// A channel stream's queue passed `--max-queued-bytes`: the client reads too slowly.
+    QueueFull,
+}
+
+impl CloseReason {
+    /// Why a failed write ends a stream.
+    pub fn from_write_error(e: &std::io::Error) -> Self {
+        match e.kind() {
+            std::io::ErrorKind::BrokenPipe
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::ConnectionAborted => CloseReason::ClientGone,
+            _ => CloseReason::WriteError,
+        }
+    }
 }
 
 macro_rules! counters {
@@ -64,6 +78,12 @@ counters! {
     closed_write_error,
     closed_skips,
     closed_shutdown,
+    closed_queue_full,
+    channel_streams_open,
+    events_delivered,
+    events_replayed,
+    replay_resets,
+    heartbeats_skipped,
     rejected_busy,
     rejected_timeout,
     rejected_bad_request,
@@ -157,6 +177,11 @@ impl WorkerStats {
         }
     }
 
+    #[inline]
+    pub fn dec(&self, c: &AtomicU64) {
+        c.store(c.load(Relaxed).saturating_sub(1), Relaxed);
+    }
+
     pub fn stream_opened(&self) {
         self.inc(&self.streams_opened);
         self.inc(&self.streams_open);
@@ -170,13 +195,18 @@ impl WorkerStats {
             CloseReason::WriteError => &self.closed_write_error,
             CloseReason::SkipsExceeded => &self.closed_skips,
             CloseReason::Shutdown => &self.closed_shutdown,
+            CloseReason::QueueFull => &self.closed_queue_full,
         });
     }
 }
 
 impl Snapshot {
     pub fn streams_closed(&self) -> u64 {
-        self.closed_client_gone + self.closed_write_error + self.closed_skips + self.closed_shutdown
+        self.closed_client_gone
+            + self.closed_write_error
+            + self.closed_skips
+            + self.closed_shutdown
+            + self.closed_queue_full
     }
 
     pub fn rejected(&self) -> u64 {

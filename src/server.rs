@@ -15,6 +15,8 @@ use futures::channel::oneshot;
 
 use crate::admin::{self, Admin};
 use crate::config::{AdminListen, Config};
+use crate::history;
+use crate::hub::Hub;
 use crate::metrics::{Snapshot, WorkerStats};
 use crate::net::{self, FdLimit};
 use crate::streams::StreamCap;
@@ -30,6 +32,7 @@ pub struct Server {
     started: Vec<Started>,
     exited: mpsc::Receiver<usize>,
     admin: Option<Admin>,
+    hub: Arc<Hub>,
 }
 
 struct Running {
@@ -49,6 +52,7 @@ pub struct Summary {
 impl Server {
     /// Raises the fd limit, binds the listeners and starts the workers.
     pub fn start(mut cfg: Config) -> Result<Server, String> {
+        cfg.check()?;
         let fd_limit =
             net::raise_fd_limit().map_err(|e| format!("cannot read the fd limit: {e}"))?;
         let capacity = fd_limit.soft.saturating_sub(net::reserved_fds(cfg.workers)) as usize;
@@ -92,11 +96,19 @@ impl Server {
             }
         }
         let cap = Arc::new(StreamCap::new(max_streams));
+        let (hub, inboxes) = Hub::new(
+            history::Limits {
+                per_channel: cfg.history,
+                bytes: cfg.history_bytes,
+                age: cfg.history_age,
+            },
+            cfg.workers,
+        );
         let alive = Arc::new(AtomicUsize::new(cfg.workers));
         let (started_tx, started_rx) = mpsc::channel();
         let (exited_tx, exited) = mpsc::channel();
         let mut workers = Vec::with_capacity(cfg.workers);
-        for (id, listener) in listeners.into_iter().enumerate() {
+        for ((id, listener), inbox) in listeners.into_iter().enumerate().zip(inboxes) {
             let (stop_tx, stop_rx) = oneshot::channel();
             let stats = Arc::new(WorkerStats::default());
             let spec = worker::Spec {
@@ -106,6 +118,8 @@ impl Server {
                 cfg: cfg.clone(),
                 cap: cap.clone(),
                 stats: stats.clone(),
+                hub: hub.clone(),
+                inbox,
                 started: started_tx.clone(),
                 stop: stop_rx,
             };
@@ -137,6 +151,7 @@ impl Server {
             started: Vec::new(),
             exited,
             admin: None,
+            hub,
         };
         for _ in 0..server.workers.len() {
             match started_rx.recv_timeout(Duration::from_secs(10)) {
@@ -162,8 +177,10 @@ impl Server {
                 workers: server.started.clone(),
                 stats: server.workers.iter().map(|w| w.stats.clone()).collect(),
                 cap: server.cap.clone(),
+                hub: server.hub.clone(),
                 alive,
                 started_at: std::time::SystemTime::now(),
+                counters: Default::default(),
             };
             match Admin::start(a, state) {
                 Ok(admin) => server.admin = Some(admin),
@@ -204,6 +221,11 @@ impl Server {
     /// Streams open now, over all workers.
     pub fn streams_open(&self) -> usize {
         self.cap.open()
+    }
+
+    /// Events published since start.
+    pub fn events_published(&self) -> u64 {
+        self.hub.published()
     }
 
     /// Counters summed over the workers, now.
@@ -259,6 +281,7 @@ impl Server {
         if let Some(mut admin) = self.admin.take() {
             admin.stop();
         }
+        self.hub.close();
         for w in &mut self.workers {
             if let Some(stop) = w.stop.take() {
                 let _ = stop.send(());

@@ -9,7 +9,7 @@
 
 use bytes::Bytes;
 
-use crate::http::{self, Kind, Reject, Responses, Verdict, MAX_HEAD};
+use crate::http::{self, Kind, Reject, Responses, Subscription, Verdict, MAX_HEAD};
 
 /// What the connection should do after writing [`Outcome::replies`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,8 +21,9 @@ pub enum Next {
     /// Answer with this refusal, then close.
     Reject(Reject),
     /// The request asks for a stream from an allowed origin: send this head (if the stream cap
-    /// has room) and hand the socket over.
-    Stream(Bytes),
+    /// has room) and hand the socket over; with a subscription it is a channel stream, without
+    /// one a tick stream.
+    Stream(Bytes, Option<Subscription>),
 }
 
 /// The result of one `process` call.
@@ -88,14 +89,18 @@ impl Session {
                     }
                 }
                 Verdict::Request(req) if req.kind == Kind::Stream => {
-                    let next = if responses.origin_allowed(req.origin) {
-                        if let Some(id) = req.last_event_id {
-                            tracing::debug!(last_event_id = %String::from_utf8_lossy(id),
-                                "stream resumes; tick events are not stored, it continues with the next tick");
+                    let next = match http::subscription(&req, responses.max_channels) {
+                        _ if !responses.origin_allowed(req.origin) => {
+                            Next::Reject(Reject::OriginRefused)
                         }
-                        Next::Stream(responses.stream_head(req.origin))
-                    } else {
-                        Next::Reject(Reject::OriginRefused)
+                        Err(r) => Next::Reject(r),
+                        Ok(sub) => {
+                            if let (None, Some(id)) = (&sub, req.last_event_id) {
+                                tracing::debug!(last_event_id = %String::from_utf8_lossy(id),
+                                    "tick stream resumes; ticks are not stored, it continues with the next tick");
+                            }
+                            Next::Stream(responses.stream_head(req.origin), sub)
+                        }
                     };
                     return Outcome { replies, next };
                 }
@@ -231,7 +236,7 @@ mod tests {
         let input = b"GET / HTTP/1.1\r\nHost: x\r\n\r\nHEAD / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n";
         let (replies, next) = drive(&r, 1 << 20, input, &[0]);
         assert_eq!(replies, vec![r.ok.clone(), r.head.clone()]);
-        assert_eq!(next, Some(Next::Stream(r.stream_any.clone())));
+        assert_eq!(next, Some(Next::Stream(r.stream_any.clone(), None)));
         let (replies, next) = drive(
             &r,
             1 << 20,

@@ -52,7 +52,7 @@ impl FrameEncoder {
     pub fn new(event: &str, data: &str) -> Self {
         FrameEncoder {
             event: event.to_owned(),
-            data_lines: split_lines(data),
+            data_lines: split_lines(data).into_iter().map(str::to_owned).collect(),
         }
     }
 
@@ -77,17 +77,17 @@ impl FrameEncoder {
 
 /// Splits data on CRLF, CR and LF, the three line ends an SSE parser recognises, so that each
 /// line becomes its own `data:` field and the client joins them back with LF.
-pub fn split_lines(data: &str) -> Vec<String> {
+pub fn split_lines(data: &str) -> Vec<&str> {
     let mut lines = Vec::new();
     let mut rest = data;
     loop {
         match rest.find(['\r', '\n']) {
             None => {
-                lines.push(rest.to_owned());
+                lines.push(rest);
                 return lines;
             }
             Some(i) => {
-                lines.push(rest[..i].to_owned());
+                lines.push(&rest[..i]);
                 let skip = if rest[i..].starts_with("\r\n") { 2 } else { 1 };
                 rest = &rest[i + skip..];
             }

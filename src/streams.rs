@@ -11,7 +11,10 @@
 //! fails with EPIPE) and the stream is removed. Any write error removes the stream too, which is
 //! how a client that went away is noticed: the second write after its FIN fails.
 //!
-//! [`Walker::walk`] takes any frame, not only a tick's, so a future publish path can reuse it.
+//! The same loop serves the core's channel streams (`subs.rs`): it takes published events from
+//! the core's inbox, queues them on their channels' members, and starts those writes in the same
+//! bounded batches; it walks the heartbeat over them; and it collects every write's completion.
+//! One task per core does all of this, so nothing here needs a lock.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -20,18 +23,23 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::task::Poll;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use futures::future::{select, Either};
 use futures::stream::{FuturesUnordered, StreamExt};
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 use slab::Slab;
 
 use crate::config::Config;
+use crate::event::{Event, HEARTBEAT};
+use crate::hub::Inbox;
 use crate::metrics::{CloseReason, WorkerStats};
 use crate::net;
 use crate::sse::{FrameEncoder, TickClock};
+use crate::subs::Subs;
 
 /// The stream count over all workers, checked against `--max-streams` when a stream opens.
 #[derive(Debug)]
@@ -87,9 +95,16 @@ pub struct Streams {
     stats: Arc<WorkerStats>,
 }
 
+/// Which slab a write belongs to.
+#[derive(Clone, Copy, Debug)]
+pub enum Key {
+    Tick(usize),
+    Channel(usize),
+}
+
 /// A finished write: the socket comes back to its slot (or is dropped) with the outcome.
 pub struct Done {
-    key: usize,
+    key: Key,
     stream: TcpStream,
     result: io::Result<usize>,
 }
@@ -132,40 +147,35 @@ impl Streams {
     }
 
     /// Puts a socket back after its write, or removes the stream if the write failed.
-    fn complete(&self, done: Done) {
+    fn complete(&self, key: usize, stream: TcpStream, result: io::Result<usize>) {
         let mut slab = self.slab.borrow_mut();
-        let Some(slot) = slab.get_mut(done.key) else {
+        let Some(slot) = slab.get_mut(key) else {
             return; // closed at shutdown while the write was in flight
         };
-        match done.result {
+        match result {
             Ok(n) if !slot.aborted => {
-                slot.stream = Some(done.stream);
+                slot.stream = Some(stream);
                 slot.skips = 0;
                 self.stats.inc(&self.stats.frames_sent);
                 self.stats.add(&self.stats.bytes_sent, n as u64);
             }
-            Ok(_) => self.remove(&mut slab, done.key, CloseReason::SkipsExceeded),
+            Ok(_) => self.remove(&mut slab, key, CloseReason::SkipsExceeded),
             Err(e) => {
                 let why = if slot.aborted {
                     CloseReason::SkipsExceeded
                 } else {
-                    match e.kind() {
-                        io::ErrorKind::BrokenPipe
-                        | io::ErrorKind::ConnectionReset
-                        | io::ErrorKind::ConnectionAborted => CloseReason::ClientGone,
-                        _ => CloseReason::WriteError,
-                    }
+                    CloseReason::from_write_error(&e)
                 };
-                tracing::debug!(key = done.key, error = %e, ?why, "stream closed");
-                self.remove(&mut slab, done.key, why);
+                tracing::debug!(key, error = %e, ?why, "stream closed");
+                self.remove(&mut slab, key, why);
             }
         }
-        // `done.stream` (if not put back) is dropped here, after the borrow: that closes it.
+        // `stream` (if not put back) is dropped here, after the borrow: that closes it.
     }
 }
 
 /// Writes one frame to one stream; the future owns the socket until the write ends.
-async fn write_frame(key: usize, mut stream: TcpStream, frame: Bytes) -> Done {
+async fn write_frame(key: Key, mut stream: TcpStream, frame: Bytes) -> Done {
     let (result, _) = stream.write_all(frame).await;
     Done {
         key,
@@ -174,63 +184,121 @@ async fn write_frame(key: usize, mut stream: TcpStream, frame: Bytes) -> Done {
     }
 }
 
-/// The per-core tick walk.
+/// What woke the core loop between ticks.
+enum Wake {
+    Tick,
+    Heartbeat,
+    Event(Arc<Event>),
+    InboxClosed,
+    Ready,
+    Done(Done),
+}
+
+/// The per-core loop: the tick walk, published events, heartbeats, completions.
 pub struct Walker {
     streams: Rc<Streams>,
+    subs: Rc<Subs>,
     stats: Arc<WorkerStats>,
     clock: TickClock,
     encoder: FrameEncoder,
+    heartbeat: Option<Duration>,
     max_inflight: usize,
     max_skips: u8,
     /// How long a full batch may wait for a completion before the walk widens it.
-    stall: std::time::Duration,
+    stall: Duration,
 }
 
 impl Walker {
-    pub fn new(streams: Rc<Streams>, stats: Arc<WorkerStats>, cfg: &Config) -> Self {
+    pub fn new(
+        streams: Rc<Streams>,
+        subs: Rc<Subs>,
+        stats: Arc<WorkerStats>,
+        cfg: &Config,
+    ) -> Self {
         let clock = TickClock::new(cfg.interval);
         Walker {
             streams,
+            subs,
             stats,
             clock,
             encoder: FrameEncoder::new(&cfg.event, &cfg.data),
+            heartbeat: cfg.heartbeat,
             max_inflight: cfg.max_inflight.max(1),
             max_skips: cfg.max_skips,
-            stall: (clock.interval() / 8).clamp(
-                std::time::Duration::from_millis(1),
-                std::time::Duration::from_millis(20),
-            ),
+            stall: (clock.interval() / 8)
+                .clamp(Duration::from_millis(1), Duration::from_millis(20)),
         }
     }
 
-    /// Ticks forever: sleep to the next wall-clock boundary while finishing the previous walk's
-    /// writes, then walk. Never busy-yields (monoio 0.2.4 fires timers only when idle).
-    pub async fn run(&self) {
+    fn complete(&self, done: Done) {
+        match done.key {
+            Key::Tick(k) => self.streams.complete(k, done.stream, done.result),
+            Key::Channel(k) => self.subs.complete(k, done.stream, done.result),
+        }
+    }
+
+    /// Runs the core forever: between ticks, hand published events and heartbeats to the
+    /// channel streams and collect completions; at each wall-clock boundary, walk the ticks.
+    /// Never busy-yields (monoio 0.2.4 fires timers only when idle).
+    pub async fn run(&self, mut inbox: Inbox) {
+        // One concrete future type (no box per write): the write of `write_frame`.
         let mut inflight = FuturesUnordered::new();
-        let mut last_tick: Option<u64> = None;
+        let make = write_frame;
+        let mut last_tick: Option<(u64, Instant)> = None;
+        let heartbeat_frame = Bytes::from_static(HEARTBEAT);
+        let mut heartbeat = self.heartbeat.map(|d| Box::pin(monoio::time::sleep(d)));
+        let mut inbox_open = true;
         loop {
-            let (tick, wait) = self.clock.next_after(SystemTime::now());
-            if let Some(last) = last_tick {
-                if tick > last + 1 {
-                    self.stats.add(&self.stats.ticks_missed, tick - last - 1);
-                    tracing::warn!(
-                        from = last + 1,
-                        to = tick - 1,
-                        "ticks missed: this core was busy or descheduled for over an interval"
-                    );
-                }
+            let (mut tick, wait) = self.clock.next_after(SystemTime::now());
+            if let Some((last, at)) = last_tick {
+                tick = self.check_clock(tick, last, at);
             }
-            last_tick = Some(tick);
+            last_tick = Some((tick, Instant::now()));
             let mut sleep = std::pin::pin!(monoio::time::sleep(wait));
             loop {
-                if inflight.is_empty() {
-                    sleep.as_mut().await;
-                    break;
+                let wake = std::future::poll_fn(|cx| {
+                    if sleep.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Wake::Tick);
+                    }
+                    if let Some(hb) = heartbeat.as_mut() {
+                        if hb.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Wake::Heartbeat);
+                        }
+                    }
+                    if inbox_open {
+                        match inbox.events.poll_next_unpin(cx) {
+                            Poll::Ready(Some(ev)) => return Poll::Ready(Wake::Event(ev)),
+                            Poll::Ready(None) => return Poll::Ready(Wake::InboxClosed),
+                            Poll::Pending => {}
+                        }
+                    }
+                    if self.subs.notify.poll_notified(cx).is_ready() {
+                        return Poll::Ready(Wake::Ready);
+                    }
+                    match inflight.poll_next_unpin(cx) {
+                        Poll::Ready(Some(done)) => Poll::Ready(Wake::Done(done)),
+                        _ => Poll::Pending,
+                    }
+                })
+                .await;
+                match wake {
+                    Wake::Tick => break,
+                    Wake::Heartbeat => {
+                        if let (Some(hb), Some(every)) = (heartbeat.as_mut(), self.heartbeat) {
+                            hb.set(monoio::time::sleep(every));
+                        }
+                        self.subs.heartbeat(&heartbeat_frame);
+                    }
+                    Wake::Event(ev) => {
+                        inbox.took();
+                        self.subs.deliver(&ev);
+                    }
+                    Wake::InboxClosed => inbox_open = false,
+                    Wake::Ready => {}
+                    Wake::Done(done) => self.complete(done),
                 }
-                match futures::future::select(sleep.as_mut(), inflight.next()).await {
-                    futures::future::Either::Left(_) => break,
-                    futures::future::Either::Right((Some(done), _)) => self.streams.complete(done),
-                    futures::future::Either::Right((None, _)) => {}
+                if self.subs.has_ready() {
+                    self.pump(&mut inflight, make).await;
                 }
             }
             let late = SystemTime::now()
@@ -238,18 +306,83 @@ impl Walker {
                 .unwrap_or_default();
             self.stats.lateness.record_us(late.as_micros() as u64);
             self.stats.inc(&self.stats.ticks);
-            self.walk(self.encoder.encode(tick), &mut inflight, write_frame)
+            self.walk(self.encoder.encode(tick), &mut inflight, make)
                 .await;
+            if self.subs.has_ready() {
+                self.pump(&mut inflight, make).await;
+            }
+        }
+    }
+
+    /// The tick due now, given the last one walked (at monotonic time `at`): never at or below
+    /// the last (a wall clock that stepped back must not re-send ids), and ticks skipped over
+    /// are counted and logged with their cause.
+    fn check_clock(&self, tick: u64, last: u64, at: Instant) -> u64 {
+        if tick <= last {
+            tracing::warn!(
+                tick,
+                last,
+                "the wall clock stepped back; tick ids continue from the last one sent"
+            );
+            return last + 1;
+        }
+        if tick > last + 1 {
+            let missed = tick - last - 1;
+            self.stats.add(&self.stats.ticks_missed, missed);
+            let wall = self.clock.interval() * (tick - last) as u32;
+            let mono = at.elapsed();
+            if mono + self.clock.interval() < wall {
+                tracing::warn!(
+                    from = last + 1,
+                    to = tick - 1,
+                    step_ms = (wall - mono).as_millis() as u64,
+                    "ticks missed: the wall clock stepped forward"
+                );
+            } else {
+                tracing::warn!(
+                    from = last + 1,
+                    to = tick - 1,
+                    behind_ms = (mono.saturating_sub(self.clock.interval())).as_millis() as u64,
+                    "ticks missed: this core was busy or descheduled for over an interval"
+                );
+            }
+        }
+        tick
+    }
+
+    /// Starts the writes of every channel stream that has a frame waiting, at most
+    /// `max_inflight` more than are in flight now, waiting for completions in between.
+    async fn pump<F, M>(&self, inflight: &mut FuturesUnordered<F>, make: M)
+    where
+        F: Future<Output = Done>,
+        M: Fn(Key, TcpStream, Bytes) -> F,
+    {
+        let mut limit = inflight.len() + self.max_inflight;
+        loop {
+            while inflight.len() < limit {
+                match self.subs.next_write() {
+                    Some((key, stream, frame)) => {
+                        inflight.push(make(Key::Channel(key), stream, frame))
+                    }
+                    None => return,
+                }
+            }
+            let stall = std::pin::pin!(monoio::time::sleep(self.stall));
+            match select(inflight.next(), stall).await {
+                Either::Left((Some(done), _)) => self.complete(done),
+                Either::Left((None, _)) => {}
+                Either::Right(_) => limit += self.max_inflight,
+            }
         }
     }
 
     /// Starts a write of `frame` on every stream of this core (at most `max_inflight` at once)
     /// and returns when the last one has been started. Completions are collected here and by
     /// [`Walker::run`] between ticks.
-    pub async fn walk<F, M>(&self, frame: Bytes, inflight: &mut FuturesUnordered<F>, make: M)
+    async fn walk<F, M>(&self, frame: Bytes, inflight: &mut FuturesUnordered<F>, make: M)
     where
         F: Future<Output = Done>,
-        M: Fn(usize, TcpStream, Bytes) -> F,
+        M: Fn(Key, TcpStream, Bytes) -> F,
     {
         let started = Instant::now();
         let mut cursor = 0;
@@ -263,7 +396,7 @@ impl Walker {
                 while cursor < end && inflight.len() < limit {
                     if let Some(slot) = slab.get_mut(cursor) {
                         if let Some(stream) = slot.stream.take() {
-                            inflight.push(make(cursor, stream, frame.clone()));
+                            inflight.push(make(Key::Tick(cursor), stream, frame.clone()));
                         } else if !slot.aborted {
                             self.skip(slot);
                         }
@@ -279,10 +412,10 @@ impl Walker {
             // submits the batch in one go), then top it up. Writes that stay parked on full send
             // buffers must not stall the walk: if none finishes for a while, widen the batch.
             let stall = std::pin::pin!(monoio::time::sleep(self.stall));
-            match futures::future::select(inflight.next(), stall).await {
-                futures::future::Either::Left((Some(done), _)) => self.streams.complete(done),
-                futures::future::Either::Left((None, _)) => {}
-                futures::future::Either::Right(_) => limit += self.max_inflight,
+            match select(inflight.next(), stall).await {
+                Either::Left((Some(done), _)) => self.complete(done),
+                Either::Left((None, _)) => {}
+                Either::Right(_) => limit += self.max_inflight,
             }
         }
         // The request phase's short-lived tasks and buffers (accept bursts) leave freed pages

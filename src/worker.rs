@@ -18,8 +18,10 @@ use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 
 use crate::config::{Config, DriverChoice};
 use crate::conn::{self, Core};
+use crate::hub::{Hub, Inbox};
 use crate::metrics::WorkerStats;
 use crate::streams::{StreamCap, Streams, Walker};
+use crate::subs::Subs;
 
 type Runtime = monoio::FusionRuntime<TimeDriver<IoUringDriver>, TimeDriver<LegacyDriver>>;
 
@@ -57,6 +59,8 @@ pub struct Spec {
     pub cfg: Arc<Config>,
     pub cap: Arc<StreamCap>,
     pub stats: Arc<WorkerStats>,
+    pub hub: Arc<Hub>,
+    pub inbox: Inbox,
     pub started: mpsc::Sender<Result<Started, String>>,
     pub stop: oneshot::Receiver<()>,
 }
@@ -142,6 +146,8 @@ pub fn run(spec: Spec) {
         cfg,
         cap,
         stats,
+        hub,
+        inbox,
         started,
         stop,
     } = spec;
@@ -182,16 +188,30 @@ pub fn run(spec: Spec) {
         }));
 
         let streams = Rc::new(Streams::new(cap.clone(), stats.clone()));
-        let core = Rc::new(Core::new(cfg.clone(), streams.clone(), cap, stats.clone()));
-        let walker = Walker::new(streams.clone(), stats.clone(), &cfg);
+        let subs = Rc::new(Subs::new(
+            hub,
+            cap.clone(),
+            stats.clone(),
+            cfg.max_queued_bytes,
+            cfg.max_skips,
+        ));
+        let core = Rc::new(Core::new(
+            cfg.clone(),
+            streams.clone(),
+            subs.clone(),
+            cap,
+            stats.clone(),
+        ));
+        let walker = Walker::new(streams.clone(), subs.clone(), stats.clone(), &cfg);
         let accepting = std::pin::pin!(accept_loop(id, listener, core));
-        let walking = std::pin::pin!(walker.run());
+        let walking = std::pin::pin!(walker.run(inbox));
         let serving = select(accepting, walking);
         // Shutdown drops the accept loop, the listener and every in-flight write with it.
         if let Either::Right(_) = select(stop, serving).await {
             tracing::error!(worker = id, "worker stopped serving unexpectedly");
         }
         streams.close_all();
+        subs.close_all();
     });
 }
 

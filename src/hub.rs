@@ -1,0 +1,183 @@
+//! The event source: sequences published events, keeps the history, hands each event to every
+//! core.
+//!
+//! One hub per server, shared by the admin thread (which publishes) and the workers (which ask
+//! it for replays). Publishing takes one short lock: assign the next id, encode the frame once,
+//! keep it in the history, push it into every core's inbox. Pushing under the lock is what makes
+//! every inbox strictly id-ordered, which the cores rely on to join a replay and the live events
+//! without a gap or a duplicate (see `subs.rs`).
+//!
+//! This is the seam for other engines: today the [`Sequencer`] is local (ids from the wall
+//! clock); an engine such as Redis Streams would assign the ids itself and feed events in through
+//! [`Hub::ingest`], with the history and the hand-off to the cores unchanged.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime};
+
+use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender};
+
+use crate::event::{unix_ms, Event, EventId};
+use crate::history::{History, Limits, Replay};
+
+/// Where event ids come from.
+pub enum Sequencer {
+    /// This process: `<wall-clock ms>-<seq>`, strictly increasing even if the clock steps back.
+    Local,
+}
+
+struct State {
+    last: EventId,
+    history: History,
+    inboxes: Vec<(UnboundedSender<Arc<Event>>, Arc<AtomicUsize>)>,
+}
+
+/// Events a core may have waiting before publishes are refused (503): a core that cannot keep
+/// up must not let its inbox grow without bound.
+pub const MAX_INBOX: usize = 65_536;
+
+/// See the module docs.
+pub struct Hub {
+    state: Mutex<State>,
+    sequencer: Sequencer,
+    start: EventId,
+    published: AtomicU64,
+}
+
+/// A core's end of the hand-off: every event, in id order.
+pub struct Inbox {
+    pub events: UnboundedReceiver<Arc<Event>>,
+    /// Events sent and not yet taken (the core decrements it as it takes them).
+    pub depth: Arc<AtomicUsize>,
+}
+
+impl Inbox {
+    /// Counts an event as taken.
+    pub fn took(&self) {
+        self.depth.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Why a publish was not taken.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PublishError {
+    /// The server is stopping (no core takes events any more).
+    ShuttingDown,
+    /// A core has `MAX_INBOX` events waiting: it cannot keep up.
+    Overloaded,
+}
+
+impl Hub {
+    /// A hub for `cores` cores; returns each core's inbox.
+    pub fn new(limits: Limits, cores: usize) -> (Arc<Hub>, Vec<Inbox>) {
+        let start = EventId::now();
+        let (inboxes, receivers) = (0..cores)
+            .map(|_| {
+                let (tx, rx) = futures::channel::mpsc::unbounded();
+                let depth = Arc::new(AtomicUsize::new(0));
+                ((tx, depth.clone()), Inbox { events: rx, depth })
+            })
+            .unzip();
+        let hub = Hub {
+            state: Mutex::new(State {
+                last: start,
+                history: History::new(limits, start),
+                inboxes,
+            }),
+            sequencer: Sequencer::Local,
+            start,
+            published: AtomicU64::new(0),
+        };
+        (Arc::new(hub), receivers)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data behind; keep serving.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The position before any event: what a fresh stream starts from.
+    pub fn start(&self) -> EventId {
+        self.start
+    }
+
+    /// Sequences one event on `channels` and hands it to every core; returns its id once it is
+    /// in the history and in every core's inbox.
+    pub fn publish(
+        &self,
+        channels: Box<[Box<str>]>,
+        event: &str,
+        data: &str,
+    ) -> Result<EventId, PublishError> {
+        let mut st = self.lock();
+        if st.inboxes.iter().any(|(_, d)| d.load(Relaxed) >= MAX_INBOX) {
+            return Err(PublishError::Overloaded);
+        }
+        let id = match self.sequencer {
+            Sequencer::Local => st.last.next_at(unix_ms(SystemTime::now())),
+        };
+        let ev = Arc::new(Event::new(id, channels, event, data));
+        self.ingest_locked(&mut st, ev)?;
+        Ok(id)
+    }
+
+    /// Takes an event sequenced elsewhere (its id must be above every id seen so far).
+    pub fn ingest(&self, ev: Arc<Event>) -> Result<(), PublishError> {
+        let mut st = self.lock();
+        self.ingest_locked(&mut st, ev)
+    }
+
+    fn ingest_locked(&self, st: &mut State, ev: Arc<Event>) -> Result<(), PublishError> {
+        debug_assert!(ev.id > st.last);
+        let mut delivered = false;
+        for (inbox, depth) in &st.inboxes {
+            // Counted before the send, so the core's decrement never comes first.
+            depth.fetch_add(1, Relaxed);
+            if inbox.unbounded_send(ev.clone()).is_ok() {
+                delivered = true;
+            } else {
+                depth.fetch_sub(1, Relaxed);
+            }
+        }
+        if !delivered {
+            return Err(PublishError::ShuttingDown);
+        }
+        st.last = ev.id;
+        st.history.push(ev, Instant::now());
+        self.published.fetch_add(1, Relaxed);
+        Ok(())
+    }
+
+    /// What a stream on `channels` resuming from `last_event_id` receives before live events,
+    /// given that its core has handed out every event up to `upto`.
+    pub fn replay(&self, channels: &[Box<str>], last_event_id: &[u8], upto: EventId) -> Replay {
+        let mut st = self.lock();
+        st.history.trim(Instant::now());
+        st.history.replay(channels, last_event_id, upto)
+    }
+
+    /// Events published since start.
+    pub fn published(&self) -> u64 {
+        self.published.load(Relaxed)
+    }
+
+    /// (events, bytes, channels) held in the history now.
+    pub fn history_size(&self) -> (usize, usize, usize) {
+        let mut st = self.lock();
+        st.history.trim(Instant::now());
+        let (events, bytes) = st.history.size();
+        (events, bytes, st.history.channel_count())
+    }
+
+    /// The newest id sequenced.
+    pub fn last_id(&self) -> EventId {
+        self.lock().last
+    }
+
+    /// Closes every inbox: cores stop taking events, later publishes fail.
+    pub fn close(&self) {
+        for (inbox, _) in &self.lock().inboxes {
+            inbox.close_channel();
+        }
+    }
+}

@@ -1,0 +1,405 @@
+//! One core's channel streams: who is subscribed to what, and the frames each one still has to
+//! receive.
+//!
+//! A channel stream is a slab slot like a tick stream, plus its channels and a queue. The core
+//! keeps a channel → members index, so a publish costs work in proportion to that channel's
+//! subscribers on this core, not to all streams. A published event is *queued* (a clone of its
+//! shared `Bytes`, never a copy) on every member, and members with no write in flight go on the
+//! core's ready list; the core loop (`streams.rs`) starts their writes in bounded batches, as the
+//! tick walk does. A member whose write is still pending keeps queuing, up to
+//! `--max-queued-bytes`; past that it is closed (its reconnect replays from the history, so
+//! nothing is lost while the history holds). Ticks skip, events never do.
+//!
+//! Joining without a gap or a duplicate: events reach a core through its inbox in id order, and
+//! the core handles each one completely (queues it on every member) before it looks at anything
+//! else. A stream that opens on this core reads the history up to the core's *position* (the last
+//! event it handled) and joins the index in the same synchronous step, so everything after the
+//! position reaches it live and nothing at or before it does.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+
+use bytes::Bytes;
+use monoio::net::TcpStream;
+use slab::Slab;
+
+use crate::event::{position_frame, Event, EventId};
+use crate::history::ResetReason;
+use crate::http::Subscription;
+use crate::hub::Hub;
+use crate::metrics::{CloseReason, WorkerStats};
+use crate::net;
+use crate::streams::StreamCap;
+
+/// Why a stream is being closed while its write is still pending.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Abort {
+    Open,
+    Closing(CloseReason),
+}
+
+struct Sub {
+    /// `None` while a write is in flight.
+    stream: Option<TcpStream>,
+    fd: RawFd,
+    state: Abort,
+    /// On the core's ready list.
+    ready: bool,
+    /// Consecutive heartbeats skipped because a write was pending.
+    skips: u8,
+    /// The last event queued here (one event on several of its channels is queued once).
+    stamp: u32,
+    /// Bytes queued, and how many of them are the replay it opened with (which does not count
+    /// against `--max-queued-bytes`).
+    queued: usize,
+    replay_left: usize,
+    queue: VecDeque<Bytes>,
+    /// (channel key, member key in that channel) for each subscribed channel.
+    member_of: Box<[(u32, u32)]>,
+}
+
+struct Channel {
+    name: Box<str>,
+    members: Slab<u32>,
+}
+
+#[derive(Default)]
+struct Index {
+    by_name: HashMap<Box<str>, u32>,
+    channels: Slab<Channel>,
+}
+
+/// A wake-up from the core's connection tasks to its loop (same thread).
+#[derive(Default)]
+pub struct Notify {
+    set: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Notify {
+    pub fn notify(&self) {
+        self.set.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Ready once `notify` was called since the last time it was.
+    pub fn poll_notified(&self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        if self.set.replace(false) {
+            Poll::Ready(())
+        } else {
+            *self.waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+
+    pub fn notified(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| self.poll_notified(cx))
+    }
+}
+
+/// The channel streams of one core.
+pub struct Subs {
+    slab: RefCell<Slab<Sub>>,
+    index: RefCell<Index>,
+    ready: RefCell<VecDeque<usize>>,
+    /// The last event this core handled (the hub's start before any).
+    position: Cell<EventId>,
+    stamp: Cell<u32>,
+    pub notify: Notify,
+    hub: Arc<Hub>,
+    cap: Arc<StreamCap>,
+    stats: Arc<WorkerStats>,
+    max_queued: usize,
+    max_skips: u8,
+}
+
+impl Subs {
+    pub fn new(
+        hub: Arc<Hub>,
+        cap: Arc<StreamCap>,
+        stats: Arc<WorkerStats>,
+        max_queued: usize,
+        max_skips: u8,
+    ) -> Self {
+        Subs {
+            slab: RefCell::new(Slab::new()),
+            index: RefCell::new(Index::default()),
+            ready: RefCell::new(VecDeque::new()),
+            position: Cell::new(hub.start()),
+            stamp: Cell::new(0),
+            notify: Notify::default(),
+            hub,
+            cap,
+            stats,
+            max_queued,
+            max_skips,
+        }
+    }
+
+    /// Adds a stream whose head was sent; its place in the cap must be reserved. It first gets
+    /// the replay (if it resumes), then `id: <position>`, then live events.
+    pub fn open(&self, stream: TcpStream, sub: Subscription) {
+        let position = self.position.get();
+        let mut queue = VecDeque::new();
+        if let Some(last) = sub.last_event_id.as_deref() {
+            let replay = self.hub.replay(&sub.channels, last, position);
+            if let Some(why) = replay.reset {
+                self.stats.inc(&self.stats.replay_resets);
+                tracing::debug!(reason = why.as_str(), last_event_id = %String::from_utf8_lossy(last),
+                    "resume incomplete: ringcast-reset");
+                queue.push_back(reset_frame(why, last, position, replay.events.len()));
+            }
+            self.stats
+                .add(&self.stats.events_replayed, replay.events.len() as u64);
+            queue.extend(replay.events.iter().map(|e| e.frame.clone()));
+        }
+        queue.push_back(position_frame(position));
+        let queued: usize = queue.iter().map(Bytes::len).sum();
+
+        let mut slab = self.slab.borrow_mut();
+        let entry = slab.vacant_entry();
+        let key = entry.key();
+        let member_of = self.index.borrow_mut().join(&sub.channels, key);
+        entry.insert(Sub {
+            fd: stream.as_raw_fd(),
+            stream: Some(stream),
+            state: Abort::Open,
+            ready: true,
+            skips: 0,
+            stamp: self.stamp.get(),
+            queued,
+            replay_left: queued,
+            queue,
+            member_of,
+        });
+        self.ready.borrow_mut().push_back(key);
+        self.stats.stream_opened();
+        self.stats.inc(&self.stats.channel_streams_open);
+        self.notify.notify();
+    }
+
+    /// Queues a published event on every stream of its channels on this core (once per stream).
+    /// Synchronous on purpose: see the module docs.
+    pub fn deliver(&self, event: &Event) {
+        self.position.set(event.id);
+        let stamp = self.stamp.get().wrapping_add(1);
+        self.stamp.set(stamp);
+        let index = self.index.borrow();
+        let mut slab = self.slab.borrow_mut();
+        let mut ready = self.ready.borrow_mut();
+        let mut reached = 0;
+        for name in event.channels.iter() {
+            let Some(&ch) = index.by_name.get(name) else {
+                continue;
+            };
+            for (_, &key) in index.channels[ch as usize].members.iter() {
+                let key = key as usize;
+                let sub = &mut slab[key];
+                if sub.stamp == stamp {
+                    continue;
+                }
+                sub.stamp = stamp;
+                self.enqueue(sub, key, event.frame.clone(), &mut ready);
+                reached += 1;
+            }
+        }
+        self.stats.add(&self.stats.events_delivered, reached);
+    }
+
+    fn enqueue(&self, sub: &mut Sub, key: usize, frame: Bytes, ready: &mut VecDeque<usize>) {
+        if sub.state != Abort::Open {
+            return;
+        }
+        if sub.queued - sub.replay_left + frame.len() > self.max_queued {
+            self.abort(sub, key, CloseReason::QueueFull, ready);
+            return;
+        }
+        sub.queued += frame.len();
+        sub.queue.push_back(frame);
+        if sub.stream.is_some() && !sub.ready {
+            sub.ready = true;
+            ready.push_back(key);
+        }
+    }
+
+    /// Closes a stream that must go: at once if it is idle, else by shutting its socket down
+    /// under the pending write, which then fails and comes back through `complete`.
+    fn abort(&self, sub: &mut Sub, key: usize, why: CloseReason, ready: &mut VecDeque<usize>) {
+        sub.state = Abort::Closing(why);
+        sub.queue = VecDeque::new();
+        sub.queued = 0;
+        sub.replay_left = 0;
+        net::abort(sub.fd);
+        if sub.stream.is_some() && !sub.ready {
+            // Idle (its next write not started yet): `next_write` sees the state and removes it.
+            sub.ready = true;
+            ready.push_back(key);
+        }
+    }
+
+    /// Queues the heartbeat on every idle stream; a stream whose write is still pending skips
+    /// it, and is closed after `--max-skips` consecutive skips (it does not read).
+    pub fn heartbeat(&self, frame: &Bytes) {
+        let mut slab = self.slab.borrow_mut();
+        let mut ready = self.ready.borrow_mut();
+        let mut closing = Vec::new();
+        for (key, sub) in slab.iter_mut() {
+            if sub.state != Abort::Open {
+                continue;
+            }
+            if sub.stream.is_none() {
+                sub.skips = sub.skips.saturating_add(1);
+                self.stats.inc(&self.stats.heartbeats_skipped);
+                if sub.skips >= self.max_skips {
+                    closing.push(key);
+                }
+            } else if sub.queue.is_empty() {
+                self.enqueue(sub, key, frame.clone(), &mut ready);
+            }
+        }
+        for key in closing {
+            self.abort(&mut slab[key], key, CloseReason::SkipsExceeded, &mut ready);
+        }
+    }
+
+    /// Whether some stream waits for its next write to start.
+    pub fn has_ready(&self) -> bool {
+        !self.ready.borrow().is_empty()
+    }
+
+    /// The next write to start: (key, socket, frame). Streams closed meanwhile are removed here.
+    pub fn next_write(&self) -> Option<(usize, TcpStream, Bytes)> {
+        let mut slab = self.slab.borrow_mut();
+        loop {
+            let key = self.ready.borrow_mut().pop_front()?;
+            let Some(sub) = slab.get_mut(key) else {
+                continue;
+            };
+            if !sub.ready {
+                continue; // a stale entry of a key that was reused
+            }
+            sub.ready = false;
+            if let Abort::Closing(why) = sub.state {
+                if sub.stream.is_some() {
+                    self.remove(&mut slab, key, why);
+                }
+                continue;
+            }
+            let Some(frame) = sub.queue.pop_front() else {
+                continue;
+            };
+            sub.queued -= frame.len();
+            sub.replay_left = sub.replay_left.saturating_sub(frame.len());
+            if sub.queue.is_empty() && sub.queue.capacity() > 0 {
+                sub.queue = VecDeque::new(); // an idle stream holds no queue memory
+            }
+            let Some(stream) = sub.stream.take() else {
+                continue;
+            };
+            return Some((key, stream, frame));
+        }
+    }
+
+    /// A write ended: the socket goes back (and the next frame, if any, is ready), or the
+    /// stream is removed.
+    pub fn complete(&self, key: usize, stream: TcpStream, result: io::Result<usize>) {
+        let mut slab = self.slab.borrow_mut();
+        let Some(sub) = slab.get_mut(key) else {
+            return; // closed at shutdown while the write was in flight
+        };
+        match (result, sub.state) {
+            (Ok(n), Abort::Open) => {
+                self.stats.inc(&self.stats.frames_sent);
+                self.stats.add(&self.stats.bytes_sent, n as u64);
+                sub.stream = Some(stream);
+                sub.skips = 0;
+                if !sub.queue.is_empty() {
+                    sub.ready = true;
+                    self.ready.borrow_mut().push_back(key);
+                }
+            }
+            (_, Abort::Closing(why)) => self.remove(&mut slab, key, why),
+            (Err(e), Abort::Open) => {
+                let why = CloseReason::from_write_error(&e);
+                tracing::debug!(key, error = %e, ?why, "channel stream closed");
+                self.remove(&mut slab, key, why);
+            }
+        }
+    }
+
+    fn remove(&self, slab: &mut Slab<Sub>, key: usize, why: CloseReason) {
+        let sub = slab.remove(key);
+        self.index.borrow_mut().leave(&sub.member_of);
+        self.stats.stream_closed(why);
+        self.stats.dec(&self.stats.channel_streams_open);
+        self.cap.release();
+    }
+
+    /// Closes every stream (at shutdown).
+    pub fn close_all(&self) {
+        let mut slab = self.slab.borrow_mut();
+        let keys: Vec<usize> = slab.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.remove(&mut slab, key, CloseReason::Shutdown);
+        }
+    }
+
+    /// Channels with at least one stream on this core.
+    pub fn channel_count(&self) -> usize {
+        self.index.borrow().channels.len()
+    }
+}
+
+impl Index {
+    fn join(&mut self, names: &[Box<str>], key: usize) -> Box<[(u32, u32)]> {
+        names
+            .iter()
+            .map(|name| {
+                let ch = match self.by_name.get(name) {
+                    Some(&ch) => ch,
+                    None => {
+                        let ch = self.channels.insert(Channel {
+                            name: name.clone(),
+                            members: Slab::new(),
+                        }) as u32;
+                        self.by_name.insert(name.clone(), ch);
+                        ch
+                    }
+                };
+                let member = self.channels[ch as usize].members.insert(key as u32) as u32;
+                (ch, member)
+            })
+            .collect()
+    }
+
+    fn leave(&mut self, member_of: &[(u32, u32)]) {
+        for &(ch, member) in member_of {
+            let channel = &mut self.channels[ch as usize];
+            channel.members.remove(member as usize);
+            if channel.members.is_empty() {
+                let channel = self.channels.remove(ch as usize);
+                self.by_name.remove(&channel.name);
+            }
+        }
+    }
+}
+
+/// `event: ringcast-reset` with JSON data saying why and where the server is. No `id:` line:
+/// the client's last event id stays what it was until a retained event (or the position) comes.
+fn reset_frame(why: ResetReason, last: &[u8], position: EventId, retained: usize) -> Bytes {
+    let last = String::from_utf8_lossy(&last[..last.len().min(128)]);
+    let data = serde_json::json!({
+        "reason": why.as_str(),
+        "message": format!("{}; {retained} retained events follow", why.explain()),
+        "last_event_id": last,
+        "current_id": position.to_string(),
+    });
+    Bytes::from(format!("event: ringcast-reset\ndata: {data}\n\n"))
+}
