@@ -142,3 +142,87 @@ fn admin_must_not_share_the_public_port() {
         "{err}"
     );
 }
+
+/// Many keep-alive publishers at once, beside a client that sends nothing and one that trickles
+/// a byte at a time: every publish is answered, `/metrics` answers meanwhile, and SIGTERM ends
+/// the server promptly although both stalled clients are still connected (the old admin thread
+/// served one client at a time and waited on it at shutdown).
+#[test]
+fn stalled_admin_clients_block_neither_publishers_nor_shutdown() {
+    use std::io::Write;
+    let mut server = TestServer::start("auto", &["--header-timeout", "60s"]);
+    let admin = server.admin.expect("admin listener");
+    let silent = connect(admin);
+    let mut trickle = connect(admin);
+    trickle.write_all(b"GET /metr").unwrap();
+    let stop_trickling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trickler = {
+        let stop = stop_trickling.clone();
+        std::thread::spawn(move || {
+            // one byte every 300 ms, never finishing the head (60 s would not be enough)
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                if trickle.write_all(b"i").is_err() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(300));
+            }
+        })
+    };
+    let publishers: Vec<_> = (0..16)
+        .map(|p| {
+            std::thread::spawn(move || {
+                let mut conn = connect(admin);
+                for i in 0..50 {
+                    let body = format!("p{p} e{i}");
+                    let req = format!(
+                        "POST /publish?channel=c{p} HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    conn.write_all(req.as_bytes()).unwrap();
+                    let resp = read_response(&mut conn);
+                    assert!(resp.starts_with("HTTP/1.1 201 "), "{resp}");
+                }
+            })
+        })
+        .collect();
+    for p in publishers {
+        p.join().unwrap();
+    }
+    let m = get(admin, "/metrics");
+    assert_eq!(series(&m, "ringcast_events_published_total"), 800.0);
+    let asked = Instant::now();
+    server.signal(libc::SIGTERM);
+    let status = server.wait_exit(PATIENCE).expect("exits after SIGTERM");
+    let took = asked.elapsed();
+    assert!(status.success(), "{status}");
+    // Generous for a loaded machine, far below what a blocked shutdown would take (the trickler
+    // keeps going until the end of the test).
+    assert!(took < std::time::Duration::from_secs(10), "{took:?}");
+    stop_trickling.store(true, std::sync::atomic::Ordering::Release);
+    let _ = trickler.join();
+    drop(silent);
+}
+
+#[test]
+fn a_public_admin_listener_needs_a_publish_token() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "0.0.0.0:0"])
+        .env_remove("RINGCAST_PUBLISH_TOKEN")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--admin-listen 0.0.0.0:0 is not a loopback address"),
+        "{err}"
+    );
+    assert!(err.contains("--publish-token"), "{err}");
+    // with a token (here from the environment) it starts
+    let mut server = TestServer::start_with_env(
+        "auto",
+        &["--admin-listen", "0.0.0.0:0"],
+        &[("RINGCAST_PUBLISH_TOKEN", "t0ken")],
+    );
+    let s = server.stop_and_summary();
+    assert_eq!(s.get("streams_served"), 0);
+}

@@ -229,6 +229,16 @@ fn bad_flags_are_cli_errors_naming_the_flag() {
         (vec!["--driver", "kqueue"], "--driver"),
         (vec!["--workers", "0"], "--workers"),
         (vec!["--cors-origin", ""], "--cors-origin"),
+        (vec!["--ring-entries", "100"], "--ring-entries"),
+        (vec!["--max-skips", "0"], "--max-skips"),
+        (vec!["--heartbeat", "soon"], "--heartbeat"),
+        (vec!["--history", "0"], "--history"),
+        (vec!["--history-bytes", "lots"], "--history-bytes"),
+        (vec!["--max-event-bytes", "0"], "--max-event-bytes"),
+        (
+            vec!["--max-channels-per-stream", "0"],
+            "--max-channels-per-stream",
+        ),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_ringcast"))
             .args(&args)

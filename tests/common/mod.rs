@@ -45,15 +45,26 @@ impl TestServer {
     /// Like `start`, on a given `--listen` address: restarting a server on the port a stopped
     /// one had (the only case where a test does not use port 0).
     pub fn start_on(driver: &str, listen: &str, args: &[&str]) -> TestServer {
-        Self::launch(driver, listen, args, None)
+        Self::launch(driver, listen, args, None, &[])
+    }
+
+    /// Like `start`, with extra environment variables.
+    pub fn start_with_env(driver: &str, args: &[&str], env: &[(&str, &str)]) -> TestServer {
+        Self::launch(driver, "127.0.0.1:0", args, None, env)
     }
 
     /// Like `start`, with the server's open-files hard (and so soft) limit set to `nofile`.
     pub fn start_with_fd_limit(driver: &str, nofile: u64, args: &[&str]) -> TestServer {
-        Self::launch(driver, "127.0.0.1:0", args, Some(nofile))
+        Self::launch(driver, "127.0.0.1:0", args, Some(nofile), &[])
     }
 
-    fn launch(driver: &str, listen: &str, args: &[&str], nofile: Option<u64>) -> TestServer {
+    fn launch(
+        driver: &str,
+        listen: &str,
+        args: &[&str],
+        nofile: Option<u64>,
+        env: &[(&str, &str)],
+    ) -> TestServer {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringcast"));
         {
             use std::os::unix::process::CommandExt;
@@ -78,18 +89,13 @@ impl TestServer {
                 })
             };
         }
+        cmd.args(["--listen", listen, "--workers", "2", "--driver", driver]);
+        if !args.contains(&"--admin-listen") {
+            cmd.args(["--admin-listen", "127.0.0.1:0"]);
+        }
         let mut child = cmd
-            .args([
-                "--listen",
-                listen,
-                "--workers",
-                "2",
-                "--driver",
-                driver,
-                "--admin-listen",
-                "127.0.0.1:0",
-            ])
             .args(args)
+            .envs(env.iter().copied())
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -368,6 +374,11 @@ impl SseClient {
         }
     }
 
+    /// The bytes read past the head and not yet parsed (for byte-exact checks).
+    pub fn take_pending(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.pending)
+    }
+
     /// Reads the next event (a block ended by a blank line); `None` on EOF.
     pub fn next_event(&mut self) -> Option<Event> {
         let mut chunk = [0u8; 16384];
@@ -405,6 +416,9 @@ fn parse_block(block: &[u8]) -> Event {
         retry: None,
     };
     for line in String::from_utf8_lossy(block).split('\n') {
+        if line.starts_with(':') {
+            continue; // a comment (channel streams' heartbeat): a block of only these is empty
+        }
         let (k, v) = line.split_once(": ").unwrap_or((line, ""));
         match k {
             "id" => e.id = Some(v.into()),
