@@ -190,23 +190,27 @@ async fn refuse(mut conn: TcpStream) {
 }
 
 /// An admin request head, parsed.
-struct Head {
-    method: String,
-    path: String,
-    query: String,
-    content_length: usize,
-    authorization: Option<Vec<u8>>,
-    close: bool,
-    head_len: usize,
+#[derive(Debug)]
+pub struct Head {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub content_length: usize,
+    pub authorization: Option<Vec<u8>>,
+    pub close: bool,
+    pub head_len: usize,
 }
 
-/// Why a head cannot be served.
-enum BadHead {
+/// Why a head cannot be served (yet).
+#[derive(Debug)]
+pub enum BadHead {
     Partial,
+    /// Answer with this status and text, then close.
     Bad(u16, &'static str),
 }
 
-fn parse_head(buf: &[u8]) -> Result<Head, BadHead> {
+/// Parses an admin request head at the start of `buf` (fuzzed with the publish checks).
+pub fn parse_head(buf: &[u8]) -> Result<Head, BadHead> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {

@@ -56,6 +56,13 @@ impl Inbox {
     pub fn took(&self) {
         self.depth.fetch_sub(1, Relaxed);
     }
+
+    /// Takes the next event if one is waiting (outside a runtime: tools and the fuzzer).
+    pub fn try_take(&mut self) -> Option<Arc<Event>> {
+        let ev = self.events.try_next().ok().flatten()?;
+        self.took();
+        Some(ev)
+    }
 }
 
 /// Why a publish was not taken.

@@ -27,6 +27,7 @@ use serde_json::{json, Value};
 both_drivers!(
     cross_origin_eventsource_receives_hello_and_cors_is_enforced,
     eventsource_reconnects_with_last_event_id_after_restart,
+    channel_subscriber_cut_off_gets_what_was_published_meanwhile,
 );
 
 /// Messages a stream must deliver before a test moves on.
@@ -46,6 +47,7 @@ function watch(name, url, withCredentials) {
   es.onmessage = (e) =>
     log.push({ type: "message", data: e.data, lastEventId: e.lastEventId, origin: e.origin });
   es.onerror = () => log.push({ type: "error", readyState: es.readyState });
+  es.addEventListener("ringcast-reset", (e) => log.push({ type: "reset", data: e.data }));
   streams[name] = { es, log };
 }
 </script>
@@ -464,4 +466,135 @@ fn eventsource_reconnects_with_last_event_id_after_restart(driver: &str) {
         "the browser sent Last-Event-ID {last_seen}; server log:\n{}",
         second.log_text()
     );
+}
+
+// ---- a cut in the network, with the server still up ----
+
+/// A TCP relay between the browser and ringcast that can cut every connection and refuse new
+/// ones for a while: the server keeps running (and keeps its history) while the browser is
+/// disconnected, as when a phone changes networks.
+struct Relay {
+    addr: SocketAddr,
+    open: Arc<Mutex<Vec<TcpStream>>>,
+    paused: Arc<AtomicBool>,
+}
+
+impl Relay {
+    fn start(upstream: SocketAddr) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let paused = Arc::new(AtomicBool::new(false));
+        let (conns, refusing) = (open.clone(), paused.clone());
+        std::thread::spawn(move || {
+            for down in listener.incoming() {
+                let Ok(down) = down else { continue };
+                if refusing.load(Ordering::SeqCst) {
+                    continue; // dropped: the browser sees the connection fail
+                }
+                let Ok(up) = TcpStream::connect(upstream) else {
+                    continue;
+                };
+                let mut list = conns.lock().unwrap();
+                list.push(down.try_clone().unwrap());
+                list.push(up.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (down.try_clone().unwrap(), up.try_clone().unwrap()),
+                    (up, down),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Relay { addr, open, paused }
+    }
+
+    /// Cuts every relayed connection and refuses new ones until `resume`.
+    fn cut(&self) {
+        self.paused.store(true, Ordering::SeqCst);
+        for c in self.open.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn resume(&self) {
+        self.paused.store(false, Ordering::SeqCst);
+    }
+}
+
+fn channel_subscriber_cut_off_gets_what_was_published_meanwhile(driver: &str) {
+    let test = "channel_subscriber_cut_off_gets_what_was_published_meanwhile";
+    let page = PageServer::start();
+    let server = TestServer::start(driver, &["--retry", "200", "--heartbeat", "off"]);
+    let relay = Relay::start(server.addr);
+    let Some(browser) = Browser::start(test) else {
+        return;
+    };
+    let publish = |data: &str| -> String {
+        let raw = format!(
+            "POST /publish?channel=news HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{data}",
+            data.len()
+        );
+        let resp = request(server.admin.unwrap(), raw.as_bytes());
+        assert!(resp.starts_with("HTTP/1.1 201 "), "{resp}");
+        let v: Value = serde_json::from_str(resp.split_once("\r\n\r\n").unwrap().1).unwrap();
+        v["id"].as_str().unwrap().to_owned()
+    };
+    browser.goto(&format!("{}/", page.origin()));
+    browser.watch(
+        "s",
+        &format!("http://{}/events?channel=news", relay.addr),
+        false,
+    );
+    browser.wait_for("s", "open", |log| {
+        (!of_type(log, "open").is_empty()).then_some(())
+    });
+    // The stream is registered once the server counts it; then publish.
+    let deadline = Instant::now() + PATIENCE;
+    while metric(&server, "channel_streams_open") < 1.0 {
+        assert!(Instant::now() < deadline, "the stream never opened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut ids: Vec<String> = (0..3).map(|i| publish(&format!("before {i}"))).collect();
+    browser.wait_for("s", "the first events", |log| {
+        (of_type(log, "message").len() >= 3).then_some(())
+    });
+
+    // Cut off: the browser errors and keeps retrying (refused) while events are published.
+    relay.cut();
+    let errors_then = browser.wait_for("s", "an error after the cut", |log| {
+        (!of_type(log, "error").is_empty()).then(|| log.len())
+    });
+    // (The server notices the dead stream only when a write to it fails: the first events below
+    // are written into the cut connection and lost there; the replay must make up for them.)
+    ids.extend((0..4).map(|i| publish(&format!("while away {i}"))));
+    relay.resume();
+
+    // It comes back by itself with Last-Event-ID and gets what it missed, then live events.
+    browser.wait_for("s", "the missed events", |log| {
+        (of_type(log, "message").len() >= 7).then_some(())
+    });
+    ids.push(publish("live"));
+    let log = browser.wait_for("s", "the live event", |log| {
+        (of_type(log, "message").len() >= 8).then(|| log.to_vec())
+    });
+    assert!(
+        !of_type(&log[errors_then..], "open").is_empty(),
+        "it reopened: {log:?}"
+    );
+    let messages = of_type(&log, "message");
+    let got: Vec<&str> = messages
+        .iter()
+        .map(|m| m["lastEventId"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        got, ids,
+        "every event once, in order, lastEventId continuous: {log:?}"
+    );
+    assert_eq!(messages[3]["data"], "while away 0");
+    assert!(of_type(&log, "reset").is_empty(), "{log:?}");
+    assert!(metric(&server, "events_replayed_total") >= 4.0);
 }

@@ -362,7 +362,7 @@ fn replay_racing_a_publisher_is_complete_and_duplicate_free(driver: &str) {
                     }
                     n += 1;
                     // drop the connection every few blocks, at different points per client
-                    if n % (3 + i % 5) == 0 {
+                    if n.is_multiple_of(3 + i % 5) {
                         let last = s.last_id.clone();
                         drop(s);
                         s = Sub::open(addr, &format!("channel=c{ch}"), last.as_deref());
