@@ -59,7 +59,7 @@ impl Inbox {
 
     /// Takes the next event if one is waiting (outside a runtime: tools and the fuzzer).
     pub fn try_take(&mut self) -> Option<Arc<Event>> {
-        let ev = self.events.try_next().ok().flatten()?;
+        let ev = self.events.try_recv().ok()?;
         self.took();
         Some(ev)
     }

@@ -40,6 +40,9 @@ pub struct MergeArgs {
     /// Write the merged delivery histogram's percentile distribution here.
     #[arg(long)]
     pub hgrm: Option<PathBuf>,
+    /// Write the merged publish_delivery histogram's percentile distribution here.
+    #[arg(long)]
+    pub publish_hgrm: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -119,6 +122,43 @@ pub struct RunArgs {
     /// Free text stored in the result's environment.
     #[arg(long)]
     pub label: Option<String>,
+    /// Publish mode: subscribe connection k to channel `c{k mod K}` (`?channel=` added to
+    /// the URL's query).
+    #[arg(long, value_name = "K")]
+    pub channels: Option<usize>,
+    /// Publish mode: the publish endpoint (e.g. ringcast's admin http://127.0.0.1:9090/publish);
+    /// events are POSTed to it with `?channel=cN` during the hold.
+    #[arg(long, value_name = "URL", requires = "channels")]
+    pub publish: Option<String>,
+    /// Events per second published in total, round-robin over the channels.
+    #[arg(long, value_name = "R", default_value_t = 10.0)]
+    pub publish_rate: f64,
+    /// Keep-alive connections (one thread each) that publish.
+    #[arg(long, value_name = "P", default_value_t = 4)]
+    pub publishers: usize,
+    /// Sent as `Authorization: Bearer T` with every publish (not stored in the result).
+    #[arg(long, value_name = "T", requires = "publish")]
+    #[serde(serialize_with = "redacted")]
+    pub publish_token: Option<String>,
+    /// Publish the send time (unix µs) at the start of the data and take the publish→receive
+    /// latency from it instead of from the event id (for servers that number events their
+    /// own way, like nchan's `1450755280:0`).
+    #[arg(long, requires = "channels")]
+    pub timestamp_in_data: bool,
+    /// During the hold, close and reopen each stream this often (with Last-Event-ID),
+    /// staggered over the connections.
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    #[serde(with = "option_duration_ms")]
+    pub reconnect_every: Option<Duration>,
+    /// Publish mode: after the hold, wait at most this long for the last events (less when
+    /// every connection has them).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[serde(with = "duration_ms")]
+    pub drain: Duration,
+    /// Write the publish_delivery histogram's percentile distribution (.hgrm text) here.
+    #[arg(long)]
+    #[serde(skip)]
+    pub publish_hgrm: Option<PathBuf>,
     /// No status line each second.
     #[arg(long, short = 'q')]
     #[serde(skip)]
@@ -174,6 +214,27 @@ pub fn parse_source_addrs(s: &str) -> Result<SourceAddrs, String> {
         return Err("no address given".into());
     }
     Ok(SourceAddrs(out))
+}
+
+/// A secret is stored only as whether it was given.
+fn redacted<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_str("(set)"),
+        None => s.serialize_none(),
+    }
+}
+
+/// Optional durations, as milliseconds or null.
+pub mod option_duration_ms {
+    use serde::Serializer;
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_f64(d.as_secs_f64() * 1e3),
+            None => s.serialize_none(),
+        }
+    }
 }
 
 /// Durations are stored in the result file as milliseconds (floating, so sub-ms survive).
@@ -236,5 +297,44 @@ mod tests {
             None => panic!("merge not parsed"),
         }
         assert!(Cli::try_parse_from(["x", "--duration", "ten"]).is_err());
+    }
+
+    #[test]
+    fn publish_flags() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--url",
+            "http://127.0.0.1:1/",
+            "--channels",
+            "5",
+            "--publish",
+            "http://127.0.0.1:2/publish",
+            "--publish-rate",
+            "50",
+            "--publish-token",
+            "s3cret",
+            "--reconnect-every",
+            "3s",
+        ])
+        .unwrap();
+        let r = &cli.run;
+        assert_eq!(r.channels, Some(5));
+        assert_eq!(r.publish_rate, 50.0);
+        assert_eq!(r.publishers, 4);
+        assert_eq!(r.reconnect_every, Some(Duration::from_secs(3)));
+        assert_eq!(r.drain, Duration::from_secs(2));
+        let config = serde_json::to_value(r).unwrap();
+        assert_eq!(config["publish_token"], "(set)");
+        assert!(!config.to_string().contains("s3cret"));
+        assert_eq!(config["reconnect_every"], 3000.0);
+        // publishing needs channels; a token needs publishing
+        assert!(Cli::try_parse_from(["x", "--publish", "http://127.0.0.1:2/p"]).is_err());
+        assert!(Cli::try_parse_from(["x", "--channels", "2", "--publish-token", "t"]).is_err());
+        let plain = Cli::try_parse_from(["x", "--url", "http://127.0.0.1:1/"]).unwrap();
+        assert_eq!(plain.run.channels, None);
+        assert_eq!(
+            serde_json::to_value(&plain.run).unwrap()["reconnect_every"],
+            serde_json::Value::Null
+        );
     }
 }

@@ -6,6 +6,11 @@
 //! Memory per connection is what this task holds: the socket, a small read buffer (it grows
 //! only while a response head does not fit, and shrinks back), the parser and a few
 //! fields. Every timestamp is taken once per read, not per event.
+//!
+//! In publish mode connection k asks for channel `c{k mod K}` and its events go to the
+//! channel accounting (its `Tally`, kept in the core's slot table rather than in this
+//! task); `--reconnect-every` closes the stream from the core's schedule and this task
+//! reopens it at once with `Last-Event-ID`.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -17,10 +22,12 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
+use crate::channels::{Channels, EventId, Tally, RESET_EVENT};
 use crate::engine::Core;
 use crate::http::{self, Framing, HeadError, Target};
 use crate::metrics::{record, FailureKind, Recorder};
-use crate::parser::{Event, Parser};
+use crate::parser::{Dispatch, Event, Parser};
+use crate::publish;
 
 /// Largest response head accepted.
 pub const MAX_HEAD: usize = 16 * 1024;
@@ -32,6 +39,8 @@ struct Conn {
     last_id: Option<u64>,
     last_event_at: Option<Instant>,
     ever_open: bool,
+    /// Index in the core's slot table (publish mode, scheduled reconnections).
+    slot: Option<usize>,
 }
 
 enum AttemptEnd {
@@ -54,17 +63,32 @@ pub async fn run(core: Rc<Core>, k: usize) {
     let target = &plan.targets[k % plan.targets.len()];
     let source = (!plan.sources.is_empty())
         .then(|| plan.sources[(k / plan.targets.len()) % plan.sources.len()]);
+    let slot = core.slot_of(k);
+    if let Some(j) = slot {
+        core.slots.borrow_mut()[j].alive = true;
+    }
     let mut conn = Conn {
         parser: Parser::default(),
         last_id: None,
         last_event_at: None,
         ever_open: false,
+        slot,
     };
     let mut buf = Vec::with_capacity(plan.read_buffer);
     loop {
         let end = attempt(&core, target, source, &mut conn, &mut buf).await;
         if core.stopping.get() {
             break;
+        }
+        let scheduled = slot
+            .is_some_and(|j| std::mem::take(&mut core.slots.borrow_mut()[j].reconnect_requested));
+        if scheduled {
+            // --reconnect-every closed it: reopen at once, as a page that calls close() and
+            // opens a new EventSource (with the last event id) would.
+            let c = &mut core.rec.borrow_mut().counters;
+            c.reconnects += 1;
+            c.scheduled_reconnects += 1;
+            continue;
         }
         match end {
             AttemptEnd::Stopped => break,
@@ -80,19 +104,28 @@ pub async fn run(core: Rc<Core>, k: usize) {
             .parser
             .retry_ms()
             .map_or(plan.retry_default, Duration::from_millis);
+        let hard_end = plan.hard_end();
         let at = Instant::now()
             .checked_add(delay)
-            .unwrap_or(plan.end)
-            .min(plan.end);
+            .unwrap_or(hard_end)
+            .min(hard_end);
         // Boxed: a rare wait should not grow every connection's resident future.
         Box::pin(monoio::time::sleep_until(monoio::time::Instant::from_std(
             at,
         )))
         .await;
-        if core.stopping.get() || Instant::now() >= plan.end {
+        if core.stopping.get() || Instant::now() >= hard_end {
             break;
         }
         core.rec.borrow_mut().counters.reconnects += 1;
+    }
+    if let Some(j) = slot {
+        let slot = &mut core.slots.borrow_mut()[j];
+        slot.alive = false;
+        if !core.stopping.get() {
+            // Given up before the end: its failure is counted; nothing later is owed to it.
+            slot.tally.on_gone();
+        }
     }
     core.tasks.set(core.tasks.get() - 1);
 }
@@ -147,6 +180,11 @@ async fn attempt(
         Err(end) => return end,
     };
     let opened_at = Instant::now();
+    if let Some(j) = conn.slot {
+        let slot = &mut core.slots.borrow_mut()[j];
+        slot.fd = Some(stream.as_raw_fd());
+        slot.tally.on_head();
+    }
     let mut stream_state = StreamState {
         framing: head.framing,
         started,
@@ -165,12 +203,19 @@ async fn attempt(
             Ok(n) => feed(core, conn, &mut stream_state, &buf[..n]),
         };
     }
+    if let Some(j) = conn.slot {
+        core.slots.borrow_mut()[j].fd = None;
+    }
     drop(registered);
     drop(stream);
     let mut rec = core.rec.borrow_mut();
     rec.counters.open -= 1;
     conn.parser.end_of_stream();
-    if core.stopping.get() {
+    // In publish mode the missed events show a stream that went quiet; the interval says
+    // nothing about when published events come.
+    if core.stopping.get() && core.plan.channels.is_some() {
+        AttemptEnd::Stopped
+    } else if core.stopping.get() {
         // A stream that went quiet never shows a gap in its ids: catch it here.
         let last_activity = conn.last_event_at.map_or(opened_at, |t| t.max(opened_at));
         let quiet = core
@@ -212,9 +257,15 @@ async fn handshake<'a>(
         return Err(AttemptEnd::Stopped);
     }
     let _ = stream.set_nodelay(true);
-    let (res, _) = stream
-        .write_all(target.request(conn.parser.last_event_id()))
-        .await;
+    let request = match (&plan.channels, conn.slot) {
+        (Some(channels), Some(j)) => {
+            let channel = core.slots.borrow()[j].tally.channel as usize;
+            let path = http::with_query(&target.path, "channel", &channels.names[channel]);
+            target.request_to(&path, conn.parser.last_event_id())
+        }
+        _ => target.request(conn.parser.last_event_id()),
+    };
+    let (res, _) = stream.write_all(request).await;
     if let Err(e) = res {
         return Err(failed_io(e));
     }
@@ -299,23 +350,55 @@ fn feed(core: &Core, conn: &mut Conn, st: &mut StreamState, bytes: &[u8]) -> boo
         parser,
         last_id,
         last_event_at,
+        slot,
         ..
     } = conn;
     let first_event_pending = &mut st.first_event_pending;
     let started = st.started;
+    let channels = plan.channels.as_deref();
+    let mut slots = slot.map(|_| core.slots.borrow_mut());
+    let mut tally = match (&mut slots, *slot, channels) {
+        (Some(slots), Some(j), Some(_)) => Some(&mut slots[j].tally),
+        _ => None,
+    };
     let result = st.framing.decode(bytes, |body| {
         rec.counters.bytes += body.len() as u64;
-        parser.feed(body, |e: Event<'_>| {
-            on_event(
-                rec,
-                e,
-                now,
-                wall_us,
-                measuring,
-                plan.interval_us,
-                last_id,
-                last_event_at,
-            );
+        parser.feed_dispatches(body, |d| {
+            let e = match d {
+                Dispatch::Id(position) => {
+                    if let Some(t) = tally.as_deref_mut() {
+                        t.on_position(position);
+                    }
+                    return;
+                }
+                Dispatch::Event(e) => e,
+            };
+            let published = match (channels, tally.as_deref_mut()) {
+                (Some(ch), Some(t)) => on_channel_event(
+                    rec,
+                    e,
+                    now,
+                    wall_us,
+                    measuring,
+                    plan.timestamp_in_data,
+                    ch,
+                    t,
+                    last_event_at,
+                ),
+                _ => false,
+            };
+            if !published {
+                on_event(
+                    rec,
+                    e,
+                    now,
+                    wall_us,
+                    measuring,
+                    plan.interval_us,
+                    last_id,
+                    last_event_at,
+                );
+            }
             if *first_event_pending {
                 *first_event_pending = false;
                 record(&mut rec.histograms.first_event, micros(now - started));
@@ -371,6 +454,65 @@ fn on_event(
         record(&mut rec.histograms.gap, micros(now - prev));
     }
     *last_event_at = Some(now);
+}
+
+/// A channel stream's event in publish mode. Returns false when it is no published event
+/// (no `<ms>-<seq>` id, without `--timestamp-in-data`): the tick accounting takes it then.
+#[allow(clippy::too_many_arguments)]
+fn on_channel_event(
+    rec: &mut Recorder,
+    e: Event<'_>,
+    now: Instant,
+    wall_us: u64,
+    measuring: bool,
+    timestamp_in_data: bool,
+    channels: &Channels,
+    tally: &mut Tally,
+    last_event_at: &mut Option<Instant>,
+) -> bool {
+    let c = &mut rec.counters;
+    if e.event_type == RESET_EVENT {
+        c.events += 1;
+        c.publish_resets += 1;
+        tally.on_reset();
+        return true;
+    }
+    let id = if e.has_own_id {
+        EventId::parse(e.last_event_id)
+    } else {
+        None
+    };
+    let sent_us = if timestamp_in_data {
+        publish::timestamp_of(e.data)
+    } else {
+        id.map(|id| id.ms.saturating_mul(1000))
+    };
+    if !timestamp_in_data && id.is_none() {
+        return false;
+    }
+    c.events += 1;
+    c.publish_events += 1;
+    match sent_us {
+        Some(sent) => {
+            let latency = wall_us.checked_sub(sent).unwrap_or_else(|| {
+                c.early_events += 1;
+                0
+            });
+            if measuring {
+                record(&mut rec.histograms.publish_delivery, latency);
+            }
+        }
+        None => c.unnumbered_events += 1,
+    }
+    if let (Some(prev), true) = (*last_event_at, measuring) {
+        record(&mut rec.histograms.gap, micros(now - prev));
+    }
+    *last_event_at = Some(now);
+    if let Some(id) = id {
+        let list = channels.list(tally.channel as usize);
+        tally.on_event(id, &list);
+    }
+    true
 }
 
 /// TCP connect, bound to `source` when given. monoio's own connect is used when no source
@@ -466,6 +608,10 @@ mod tests {
             retry_default: std::time::Duration::from_secs(1),
             connect_timeout: std::time::Duration::from_secs(1),
             read_buffer: 512,
+            channels: Some(std::sync::Arc::new(crate::channels::Channels::new(3))),
+            timestamp_in_data: false,
+            reconnect_every: Some(std::time::Duration::from_secs(1)),
+            drain: std::time::Duration::from_secs(2),
         });
         let core = std::rc::Rc::new(crate::engine::Core {
             plan,
@@ -475,6 +621,7 @@ mod tests {
             stopped_at: std::cell::Cell::new(std::time::Instant::now()),
             tasks: Default::default(),
             server_banner: Default::default(),
+            slots: std::cell::RefCell::new(vec![Default::default()]),
         });
         let future = super::run(core, 0);
         let size = std::mem::size_of_val(&future);

@@ -8,6 +8,12 @@
 //! nominal end for `duration`; the first `warmup` of the hold is left out of the delivery
 //! and gap histograms. At the end each core shuts its sockets down (which completes the
 //! pending reads) and waits a bounded grace for its tasks.
+//!
+//! Publish mode adds, per core, a slot per connection (its exactness `Tally`, and its
+//! socket while a stream is open), a task that closes streams on the `--reconnect-every`
+//! schedule (connection k at `ramp_end + (n + (k+1)/N) x every`, so reconnections are
+//! spread evenly), and after the hold a drain: the core waits until the publishers are
+//! done and every live connection has the newest id of its channel, or `drain` runs out.
 
 use std::cell::{Cell, RefCell};
 use std::net::IpAddr;
@@ -24,6 +30,7 @@ use monoio::time::TimeDriver;
 use monoio::{FusionRuntime, IoUringDriver, LegacyDriver, RuntimeBuilder};
 use slab::Slab;
 
+use crate::channels::{Channels, Tally};
 use crate::cli::Driver;
 use crate::conn;
 use crate::http::Target;
@@ -47,6 +54,14 @@ pub struct Plan {
     pub retry_default: Duration,
     pub connect_timeout: Duration,
     pub read_buffer: usize,
+    /// Publish mode: connection k subscribes to channel `k mod K` of these.
+    pub channels: Option<Arc<Channels>>,
+    /// Publish mode: take the publish→receive latency from the data, not the id.
+    pub timestamp_in_data: bool,
+    /// Close and reopen every stream this often during the hold.
+    pub reconnect_every: Option<Duration>,
+    /// Publish mode: after the hold, the longest wait for the last events.
+    pub drain: Duration,
 }
 
 /// How long a core waits for its connections to wind down after the end.
@@ -55,12 +70,24 @@ pub const GRACE: Duration = Duration::from_secs(2);
 pub const STOP_POLL: Duration = Duration::from_millis(100);
 /// How often a core publishes its live snapshot.
 pub const PUBLISH_EVERY: Duration = Duration::from_millis(500);
+/// How often a draining core checks whether its connections have every event.
+pub const DRAIN_POLL: Duration = Duration::from_millis(20);
 
 impl Plan {
     /// An open stream that received nothing for this long when the run ended is stalled:
     /// two tick intervals plus a second of slack for a loaded machine.
     pub fn stall_after(&self) -> Duration {
         Duration::from_micros(self.interval_us.saturating_mul(2)) + Duration::from_secs(1)
+    }
+
+    /// When the cores stop: the end of the hold, plus the drain in publish mode.
+    pub fn hard_end(&self) -> Instant {
+        self.end + self.drain
+    }
+
+    /// Whether connections keep a slot (publish mode or scheduled reconnections).
+    pub fn uses_slots(&self) -> bool {
+        self.channels.is_some() || self.reconnect_every.is_some()
     }
 
     /// When connection `k` is due to start.
@@ -121,7 +148,7 @@ impl Live {
         self.stop.store(true, Ordering::Relaxed);
     }
 
-    fn stop_requested(&self) -> bool {
+    pub fn stop_requested(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }
 
@@ -139,6 +166,20 @@ pub struct CoreResult {
     pub server_banner: Option<String>,
     /// Connection tasks still running when the grace ran out.
     pub unfinished: usize,
+    /// Publish mode: every connection's accounting, for the final count.
+    pub tallies: Vec<Tally>,
+}
+
+/// A connection's entry in its core's slot table (publish mode, scheduled reconnections).
+#[derive(Debug, Default)]
+pub struct Slot {
+    pub tally: Tally,
+    /// The stream's socket while one is open.
+    pub fd: Option<RawFd>,
+    /// The reconnection schedule closed the stream: reopen at once.
+    pub reconnect_requested: bool,
+    /// The connection's task runs.
+    pub alive: bool,
 }
 
 /// One core's state, shared by its tasks (single-threaded).
@@ -152,6 +193,16 @@ pub struct Core {
     pub stopped_at: Cell<Instant>,
     pub tasks: Cell<usize>,
     pub server_banner: RefCell<Option<String>>,
+    /// One per connection of this core (k = core index + j x threads), when the plan uses
+    /// slots; empty otherwise.
+    pub slots: RefCell<Vec<Slot>>,
+}
+
+impl Core {
+    /// Connection k's slot index, when slots are in use.
+    pub fn slot_of(&self, k: usize) -> Option<usize> {
+        (!self.slots.borrow().is_empty()).then(|| k / self.plan.threads)
+    }
 }
 
 type Runtime = FusionRuntime<TimeDriver<IoUringDriver>, TimeDriver<LegacyDriver>>;
@@ -214,6 +265,7 @@ pub fn start(plan: Arc<Plan>, live: Arc<Live>) -> Result<Vec<JoinHandle<CoreResu
                             driver: "none",
                             server_banner: None,
                             unfinished: 0,
+                            tallies: Vec::new(),
                         };
                     }
                 };
@@ -240,6 +292,18 @@ async fn sleep_until(at: Instant) {
 }
 
 async fn run_core(index: usize, plan: Arc<Plan>, live: Arc<Live>) -> CoreResult {
+    let slots = if plan.uses_slots() {
+        let count = plan.channels.as_ref().map_or(1, |c| c.len().max(1));
+        (index..plan.connections)
+            .step_by(plan.threads)
+            .map(|k| Slot {
+                tally: Tally::new(k % count),
+                ..Slot::default()
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let core = Rc::new(Core {
         plan: plan.clone(),
         rec: RefCell::new(Recorder::default()),
@@ -248,7 +312,11 @@ async fn run_core(index: usize, plan: Arc<Plan>, live: Arc<Live>) -> CoreResult 
         stopped_at: Cell::new(plan.end),
         tasks: Cell::new(0),
         server_banner: RefCell::new(None),
+        slots: RefCell::new(slots),
     });
+    if let Some(every) = plan.reconnect_every {
+        monoio::spawn(reconnect_on_schedule(core.clone(), index, every));
+    }
     {
         let (core, live) = (core.clone(), live.clone());
         monoio::spawn(async move {
@@ -284,7 +352,21 @@ async fn run_core(index: usize, plan: Arc<Plan>, live: Arc<Live>) -> CoreResult 
         }
         sleep_until(plan.end.min(now + STOP_POLL)).await;
     }
-    core.stopped_at.set(Instant::now().min(plan.end));
+    if let Some(channels) = &plan.channels {
+        // The publishers stopped at the end of the hold: give the last events time to arrive.
+        let drain_end = plan.hard_end();
+        while !live.stop_requested() {
+            if channels.is_done() && caught_up(&core, channels) {
+                break;
+            }
+            let now = Instant::now();
+            if now >= drain_end {
+                break;
+            }
+            sleep_until((now + DRAIN_POLL).min(drain_end)).await;
+        }
+    }
+    core.stopped_at.set(Instant::now().min(plan.hard_end()));
     core.stopping.set(true);
     for (_, &fd) in core.sockets.borrow().iter() {
         // SAFETY: the fd belongs to a live connection; it is unregistered before it closes.
@@ -297,6 +379,12 @@ async fn run_core(index: usize, plan: Arc<Plan>, live: Arc<Live>) -> CoreResult 
     publish(&live, index, &core);
     let recorder = core.rec.borrow().clone();
     let server_banner = core.server_banner.borrow().clone();
+    let tallies = core
+        .slots
+        .borrow()
+        .iter()
+        .map(|s| s.tally.clone())
+        .collect();
     CoreResult {
         recorder,
         driver: if monoio::utils::is_legacy() {
@@ -306,6 +394,51 @@ async fn run_core(index: usize, plan: Arc<Plan>, live: Arc<Live>) -> CoreResult 
         },
         server_banner,
         unfinished: core.tasks.get(),
+        tallies,
+    }
+}
+
+/// Whether every live connection of the core has the newest id of its channel.
+fn caught_up(core: &Core, channels: &Channels) -> bool {
+    let newest = channels.newest();
+    core.slots.borrow().iter().all(|s| {
+        !s.alive
+            || s.tally
+                .caught_up(newest.get(s.tally.channel as usize).copied().flatten())
+    })
+}
+
+/// `--reconnect-every`: shuts down each open stream of the core on its schedule (the
+/// connection then reopens at once with Last-Event-ID). Connection k's n-th turn comes at
+/// `ramp_end + (n + (k + 1) / N) x every`; a stream not open at its turn skips it.
+async fn reconnect_on_schedule(core: Rc<Core>, index: usize, every: Duration) {
+    let plan = core.plan.clone();
+    let n = plan.connections as f64;
+    for cycle in 0u32.. {
+        let Some(base) = every.checked_mul(cycle) else {
+            return;
+        };
+        for (j, k) in (index..plan.connections).step_by(plan.threads).enumerate() {
+            let offset = every.mul_f64((k + 1) as f64 / n);
+            let Some(due) = plan.ramp_end.checked_add(base + offset) else {
+                return;
+            };
+            if due >= plan.end {
+                return;
+            }
+            sleep_until(due).await;
+            if core.stopping.get() {
+                return;
+            }
+            let mut slots = core.slots.borrow_mut();
+            let slot = &mut slots[j];
+            if let Some(fd) = slot.fd {
+                slot.reconnect_requested = true;
+                // SAFETY: the fd belongs to the connection's open stream; the slot forgets
+                // it before the stream is dropped.
+                unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+            }
+        }
     }
 }
 

@@ -49,9 +49,14 @@ impl Target {
 
     /// The request an EventSource sends; `Last-Event-ID` only when the id is not empty.
     pub fn request(&self, last_event_id: &str) -> Vec<u8> {
-        let mut req = Vec::with_capacity(128 + self.path.len() + last_event_id.len());
+        self.request_to(&self.path, last_event_id)
+    }
+
+    /// The same request for another path and query on this host (a channel's stream).
+    pub fn request_to(&self, path: &str, last_event_id: &str) -> Vec<u8> {
+        let mut req = Vec::with_capacity(128 + path.len() + last_event_id.len());
         req.extend_from_slice(b"GET ");
-        req.extend_from_slice(self.path.as_bytes());
+        req.extend_from_slice(path.as_bytes());
         req.extend_from_slice(b" HTTP/1.1\r\nHost: ");
         req.extend_from_slice(self.host.as_bytes());
         req.extend_from_slice(b"\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n");
@@ -63,6 +68,17 @@ impl Target {
         req.extend_from_slice(b"\r\n");
         req
     }
+}
+
+/// `path` with `name=value` added to its query (`?` or `&` as needed). Values are taken as
+/// they are: the loadgen's own channel names need no escaping.
+pub fn with_query(path: &str, name: &str, value: &str) -> String {
+    let sep = match path.find('?') {
+        None => "?",
+        Some(_) if path.ends_with('?') || path.ends_with('&') => "",
+        Some(_) => "&",
+    };
+    format!("{path}{sep}{name}={value}")
 }
 
 /// Why a response head did not open a stream.
@@ -383,6 +399,16 @@ mod tests {
         assert!(r.ends_with("\r\n\r\n"));
         let r = String::from_utf8(t.request("42")).unwrap();
         assert!(r.contains("\r\nLast-Event-ID: 42\r\n"));
+        let r = String::from_utf8(t.request_to("/s?channel=c1", "")).unwrap();
+        assert!(r.starts_with("GET /s?channel=c1 HTTP/1.1\r\n"));
+    }
+
+    #[test]
+    fn channel_queries_are_appended() {
+        assert_eq!(with_query("/", "channel", "c3"), "/?channel=c3");
+        assert_eq!(with_query("/s?a=1", "channel", "c0"), "/s?a=1&channel=c0");
+        assert_eq!(with_query("/s?", "channel", "c0"), "/s?channel=c0");
+        assert_eq!(with_query("/s?a=1&", "channel", "c0"), "/s?a=1&channel=c0");
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! ringcast-loadgen: opens many EventSource-like connections to an SSE server and measures
 //! what it delivers. This file is the orchestration only: check the config, start the
 //! cores, let `monitor` watch the run, then add the cores' recorders up, report and write
-//! the result file (or, for `merge`, add result files up).
+//! the result file (or, for `merge`, add result files up). In publish mode it also starts
+//! the publishers and, once everything has ended, makes the exactness count.
 
+mod channels;
 mod cli;
 mod conn;
 mod engine;
@@ -11,6 +13,7 @@ mod metrics;
 mod monitor;
 mod parser;
 mod probe;
+mod publish;
 mod report;
 mod result;
 
@@ -22,10 +25,12 @@ use std::time::{Duration, Instant};
 
 use clap::Parser as _;
 
+use channels::Channels;
 use cli::{Cli, Command, MergeArgs, RunArgs};
 use engine::{Live, Plan};
-use metrics::Recorder;
-use result::{Fanout, Resources, Run, RunResult, Server};
+use metrics::{Counters, Recorder};
+use publish::PublishPlan;
+use result::{Fanout, PublishSummary, Resources, Run, RunResult, Server};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -46,14 +51,22 @@ fn write_outputs(
     result: &RunResult,
     out: Option<&Path>,
     hgrm: Option<&Path>,
+    publish_hgrm: Option<&Path>,
 ) -> Result<(), String> {
     if let Some(path) = out {
         result.save(path)?;
     }
-    if let Some(path) = hgrm {
+    if hgrm.is_some() || publish_hgrm.is_some() {
         let histograms = result.decode_histograms()?;
-        std::fs::write(path, report::hgrm(&histograms.delivery))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        for (path, h) in [
+            (hgrm, &histograms.delivery),
+            (publish_hgrm, &histograms.publish_delivery),
+        ] {
+            if let Some(path) = path {
+                std::fs::write(path, report::hgrm(h))
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+        }
     }
     Ok(())
 }
@@ -66,7 +79,12 @@ fn merge(args: MergeArgs) -> Result<(), String> {
         .collect::<Result<Vec<_>, _>>()?;
     let merged = RunResult::merge(parts)?;
     print!("{}", report::final_report(&merged));
-    write_outputs(&merged, args.out.as_deref(), args.hgrm.as_deref())
+    write_outputs(
+        &merged,
+        args.out.as_deref(),
+        args.hgrm.as_deref(),
+        args.publish_hgrm.as_deref(),
+    )
 }
 
 /// Raises the open-files soft limit to the hard limit; returns the limit in force.
@@ -101,7 +119,34 @@ fn validate(args: &RunArgs) -> Result<(), String> {
     if args.threads == Some(0) {
         return Err("--threads must be at least 1".into());
     }
+    if args.channels == Some(0) {
+        return Err("--channels must be at least 1".into());
+    }
+    if args.publish.is_some() {
+        if !(args.publish_rate.is_finite() && args.publish_rate > 0.0) {
+            return Err("--publish-rate must be a positive number".into());
+        }
+        if args.publishers == 0 {
+            return Err("--publishers must be at least 1".into());
+        }
+    }
+    if args.reconnect_every.is_some_and(|d| d.is_zero()) {
+        return Err("--reconnect-every must be positive".into());
+    }
     Ok(())
+}
+
+/// The exactness count: every connection's tally against its channel's final list.
+fn account(channels: &Channels, tallies: Vec<channels::Tally>, c: &mut Counters) {
+    for mut tally in tallies {
+        let f = tally.finish(&channels.list(tally.channel as usize));
+        c.publish_expected += f.expected;
+        c.publish_received += f.received;
+        c.publish_missed += f.missed;
+        c.publish_duplicated += f.duplicated;
+        c.publish_unexpected += f.unexpected;
+        c.connections_missing_events += u64::from(f.missed > 0);
+    }
 }
 
 fn run(args: RunArgs) -> Result<(), String> {
@@ -111,6 +156,11 @@ fn run(args: RunArgs) -> Result<(), String> {
         .iter()
         .map(|u| http::Target::parse(u))
         .collect::<Result<Vec<_>, _>>()?;
+    let publish_target = args
+        .publish
+        .as_deref()
+        .map(http::Target::parse)
+        .transpose()?;
     let nofile = raise_nofile();
     // Leave room for the runtime's own descriptors (rings, eventfds, files).
     let headroom = 64;
@@ -160,6 +210,17 @@ fn run(args: RunArgs) -> Result<(), String> {
         Duration::try_from_secs_f64(args.connections as f64 / args.rate).map_err(|_| too_long())?;
     let ramp_end = start.checked_add(ramp).ok_or_else(too_long)?;
     let end = ramp_end.checked_add(args.duration).ok_or_else(too_long)?;
+    let channels = args.channels.map(|k| Arc::new(Channels::new(k)));
+    if let (Some(ch), None) = (&channels, &publish_target) {
+        // Subscribing without publishing: nothing is expected, nothing to wait for.
+        ch.mark_done();
+    }
+    let drain = if channels.is_some() {
+        end.checked_add(args.drain).ok_or_else(too_long)?;
+        args.drain
+    } else {
+        Duration::ZERO
+    };
     let plan = Arc::new(Plan {
         targets,
         sources: args.source_addrs.clone().map(|s| s.0).unwrap_or_default(),
@@ -176,9 +237,30 @@ fn run(args: RunArgs) -> Result<(), String> {
         retry_default: args.retry_default,
         connect_timeout: args.connect_timeout,
         read_buffer: args.read_buffer,
+        channels: channels.clone(),
+        timestamp_in_data: args.timestamp_in_data,
+        reconnect_every: args.reconnect_every,
+        drain,
     });
     let live = Arc::new(Live::new(threads));
     let handles = engine::start(plan.clone(), live.clone())?;
+    let publish_plan = publish_target.map(|target| {
+        Arc::new(PublishPlan {
+            target,
+            rate: args.publish_rate,
+            publishers: args.publishers,
+            token: args.publish_token.clone(),
+            timestamp_in_data: args.timestamp_in_data,
+            start: ramp_end,
+            end,
+            measure_from: plan.measure_from,
+            timeout: args.connect_timeout,
+        })
+    });
+    let publishers = match (&publish_plan, &channels) {
+        (Some(pp), Some(ch)) => publish::start(pp.clone(), ch.clone(), live.clone())?,
+        _ => Vec::new(),
+    };
     let mut resources = Resources {
         server_pid: args.server_pid,
         baseline: probe::sample(args.server_pid, 0, 0),
@@ -188,16 +270,45 @@ fn run(args: RunArgs) -> Result<(), String> {
     let early = monitor::watch(&args, &plan, &live, &mut resources, &interrupted);
 
     let mut recorder = Recorder::default();
+    for h in publishers {
+        let r = h
+            .join()
+            .map_err(|_| "a publisher thread panicked".to_string())?;
+        recorder.add(&r);
+    }
     let mut drivers = Vec::new();
     let mut banner = None;
     let mut unfinished = 0;
+    let mut tallies = Vec::new();
     for h in handles {
         let core = h.join().map_err(|_| "a core thread panicked".to_string())?;
         recorder.add(&core.recorder);
         drivers.push(core.driver);
         banner = banner.or(core.server_banner);
         unfinished += core.unfinished;
+        tallies.extend(core.tallies);
     }
+    if let Some(ch) = &channels {
+        account(ch, tallies, &mut recorder.counters);
+    }
+    let publish_summary = publish_plan.as_ref().map(|pp| {
+        let stopped = early.map_or(pp.end, |at| at.clamp(pp.start, pp.end));
+        let seconds = stopped.saturating_duration_since(pp.start).as_secs_f64();
+        let c = &mut recorder.counters;
+        c.publish_unsent = pp.due_before(stopped).saturating_sub(c.publish_attempted);
+        PublishSummary {
+            url: args.publish.clone().unwrap_or_default(),
+            channels: args.channels.unwrap_or(0),
+            publishers: pp.publishers,
+            target_rate: pp.rate,
+            seconds,
+            achieved_rate: if seconds > 0.0 {
+                c.published_ok as f64 / seconds
+            } else {
+                0.0
+            },
+        }
+    });
     drivers.dedup();
     environment.loadgen_driver = if drivers.len() == 1 {
         drivers[0].to_string()
@@ -213,6 +324,23 @@ fn run(args: RunArgs) -> Result<(), String> {
          and --interval matches the server's",
         args.interval.as_secs_f64() * 1e3
     ));
+    if channels.is_some() {
+        notes.push(if args.timestamp_in_data {
+            "publish_delivery latency is receive time minus the send time the publisher wrote in the data \
+             (both the loadgen's clock)"
+                .to_string()
+        } else {
+            "publish_delivery latency is receive time minus the event id's milliseconds (the server's clock \
+             when it took the event, 1 ms resolution): meaningful only when the clocks are shared or synced"
+                .to_string()
+        });
+        if recorder.counters.published_without_id > 0 {
+            notes.push(format!(
+                "{} publish answers carried no <ms>-<seq> id: their events are outside the exactness count",
+                recorder.counters.published_without_id
+            ));
+        }
+    }
     if let Some(at) = early {
         let held = at.saturating_duration_since(plan.ramp_end).as_secs_f64();
         notes.push(format!(
@@ -231,9 +359,15 @@ fn run(args: RunArgs) -> Result<(), String> {
         },
         resources,
         unfinished_connections: unfinished,
+        publish: publish_summary,
     };
     let mut result = RunResult::new(vec![run], recorder.counters, &recorder.histograms, notes);
     result.fanout = Fanout::of(recorder.ticks);
     print!("{}", report::final_report(&result));
-    write_outputs(&result, args.out.as_deref(), args.hgrm.as_deref())
+    write_outputs(
+        &result,
+        args.out.as_deref(),
+        args.hgrm.as_deref(),
+        args.publish_hgrm.as_deref(),
+    )
 }

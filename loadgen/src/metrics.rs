@@ -112,6 +112,51 @@ pub struct Counters {
     #[serde(default)]
     pub stalled_streams: u64,
     pub reconnects: u64,
+    /// Publish mode (all absent from older files): reconnections `--reconnect-every` made
+    /// (they count in `reconnects` too).
+    #[serde(default)]
+    pub scheduled_reconnects: u64,
+    /// Publish requests sent.
+    #[serde(default)]
+    pub publish_attempted: u64,
+    /// Publish requests answered with a 2xx status.
+    #[serde(default)]
+    pub published_ok: u64,
+    /// 2xx answers without an `id` in `<ms>-<seq>` form (their events cannot be accounted).
+    #[serde(default)]
+    pub published_without_id: u64,
+    /// Publish requests that failed: by HTTP status ("401", "503", ...) or by network
+    /// failure kind ("refused", "reset", "timeout", "closed", "protocol", "other").
+    #[serde(default)]
+    pub publish_errors: BTreeMap<String, u64>,
+    /// Events due in the publishing window that were never sent (the publishers fell behind).
+    #[serde(default)]
+    pub publish_unsent: u64,
+    /// Published events received on channel streams (every copy, duplicates included).
+    #[serde(default)]
+    pub publish_events: u64,
+    /// Exactness, summed over connections: ids each connection should have received...
+    #[serde(default)]
+    pub publish_expected: u64,
+    /// ... of them, the ones it did receive ...
+    #[serde(default)]
+    pub publish_received: u64,
+    /// ... and the ones it did not.
+    #[serde(default)]
+    pub publish_missed: u64,
+    /// Ids received again (not above the connection's previous id).
+    #[serde(default)]
+    pub publish_duplicated: u64,
+    /// Ids received that no publish answer returned for the channel, or from before the
+    /// connection's subscription.
+    #[serde(default)]
+    pub publish_unexpected: u64,
+    /// Connections with at least one missed event.
+    #[serde(default)]
+    pub connections_missing_events: u64,
+    /// `ringcast-reset` events received (the server could not resume a Last-Event-ID).
+    #[serde(default)]
+    pub publish_resets: u64,
 }
 
 impl Counters {
@@ -146,6 +191,26 @@ impl Counters {
         self.streams_ended += o.streams_ended;
         self.stalled_streams += o.stalled_streams;
         self.reconnects += o.reconnects;
+        self.scheduled_reconnects += o.scheduled_reconnects;
+        self.publish_attempted += o.publish_attempted;
+        self.published_ok += o.published_ok;
+        self.published_without_id += o.published_without_id;
+        for (k, v) in &o.publish_errors {
+            *self.publish_errors.entry(k.clone()).or_default() += v;
+        }
+        self.publish_unsent += o.publish_unsent;
+        self.publish_events += o.publish_events;
+        self.publish_expected += o.publish_expected;
+        self.publish_received += o.publish_received;
+        self.publish_missed += o.publish_missed;
+        self.publish_duplicated += o.publish_duplicated;
+        self.publish_unexpected += o.publish_unexpected;
+        self.connections_missing_events += o.connections_missing_events;
+        self.publish_resets += o.publish_resets;
+    }
+
+    pub fn publish_errors_total(&self) -> u64 {
+        self.publish_errors.values().sum()
     }
 }
 
@@ -162,6 +227,13 @@ pub struct Histograms {
     pub delivery: Histogram<u64>,
     /// Time between two events of one connection.
     pub gap: Histogram<u64>,
+    /// Publish mode: receive time minus the event id's milliseconds (or, with
+    /// `--timestamp-in-data`, minus the publisher's send time written in the data).
+    pub publish_delivery: Histogram<u64>,
+    /// Publish request latency from the event's scheduled time (coordinated-omission free).
+    pub publish_request: Histogram<u64>,
+    /// Publish request latency from the moment it was sent.
+    pub publish_send: Histogram<u64>,
 }
 
 impl Default for Histograms {
@@ -172,12 +244,24 @@ impl Default for Histograms {
             first_event: new_histogram(),
             delivery: new_histogram(),
             gap: new_histogram(),
+            publish_delivery: new_histogram(),
+            publish_request: new_histogram(),
+            publish_send: new_histogram(),
         }
     }
 }
 
 impl Histograms {
-    pub const NAMES: [&'static str; 5] = ["connect", "headers", "first_event", "delivery", "gap"];
+    pub const NAMES: [&'static str; 8] = [
+        "connect",
+        "headers",
+        "first_event",
+        "delivery",
+        "gap",
+        "publish_delivery",
+        "publish_request",
+        "publish_send",
+    ];
 
     pub fn by_name(&self, name: &str) -> Option<&Histogram<u64>> {
         Some(match name {
@@ -186,6 +270,9 @@ impl Histograms {
             "first_event" => &self.first_event,
             "delivery" => &self.delivery,
             "gap" => &self.gap,
+            "publish_delivery" => &self.publish_delivery,
+            "publish_request" => &self.publish_request,
+            "publish_send" => &self.publish_send,
             _ => return None,
         })
     }
@@ -197,6 +284,9 @@ impl Histograms {
             "first_event" => &mut self.first_event,
             "delivery" => &mut self.delivery,
             "gap" => &mut self.gap,
+            "publish_delivery" => &mut self.publish_delivery,
+            "publish_request" => &mut self.publish_request,
+            "publish_send" => &mut self.publish_send,
             _ => return None,
         })
     }
@@ -296,6 +386,34 @@ mod tests {
         assert_eq!(all.counters.failed[&FailureKind::Refused], 2);
         assert_eq!(all.counters.failed_total(), 3);
         assert_eq!(all.counters.other_errors["EMFILE"], 1);
+    }
+
+    #[test]
+    fn publish_counters_and_histograms_add_up() {
+        let mut a = Recorder::default();
+        let mut b = Recorder::default();
+        a.counters.published_ok = 3;
+        a.counters.publish_errors.insert("401".into(), 2);
+        b.counters.publish_errors.insert("401".into(), 1);
+        b.counters.publish_errors.insert("503".into(), 4);
+        b.counters.publish_missed = 5;
+        b.counters.publish_resets = 1;
+        record(&mut a.histograms.publish_delivery, 100);
+        record(&mut b.histograms.publish_delivery, 200);
+        record(&mut b.histograms.publish_request, 300);
+        a.add(&b);
+        assert_eq!(a.counters.published_ok, 3);
+        assert_eq!(a.counters.publish_errors["401"], 3);
+        assert_eq!(a.counters.publish_errors_total(), 7);
+        assert_eq!(
+            (a.counters.publish_missed, a.counters.publish_resets),
+            (5, 1)
+        );
+        assert_eq!(a.histograms.publish_delivery.len(), 2);
+        assert_eq!(a.histograms.publish_request.len(), 1);
+        for name in Histograms::NAMES {
+            assert!(a.histograms.by_name(name).is_some(), "{name}");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::cli::RunArgs;
 use crate::engine::{Live, Plan};
-use crate::probe;
+use crate::probe::{self, Sample};
 use crate::report;
 use crate::result::Resources;
 
@@ -46,11 +46,7 @@ pub fn watch(
             live.request_stop();
             let snap = live.total();
             if resources.hold_end.is_none() {
-                resources.hold_end = Some(probe::sample(
-                    args.server_pid,
-                    snap.counters.open,
-                    snap.counters.events,
-                ));
+                resources.hold_end = Some(sample(args, &snap.counters));
             }
             early = Some(now);
             break;
@@ -65,18 +61,10 @@ pub fn watch(
         let now = Instant::now();
         let snap = live.total();
         if resources.measure_start.is_none() && now >= plan.measure_from {
-            resources.measure_start = Some(probe::sample(
-                args.server_pid,
-                snap.counters.open,
-                snap.counters.events,
-            ));
+            resources.measure_start = Some(sample(args, &snap.counters));
         }
         if resources.hold_end.is_none() && now >= hold_end_at {
-            resources.hold_end = Some(probe::sample(
-                args.server_pid,
-                snap.counters.open,
-                snap.counters.events,
-            ));
+            resources.hold_end = Some(sample(args, &snap.counters));
         }
         if tty && !in_ramp && bar_drawn {
             eprint!("{CLEAR_LINE}");
@@ -120,7 +108,11 @@ pub fn watch(
                     &snap.counters,
                     plan.connections,
                     rate,
-                    &snap.delivery
+                    &snap.delivery,
+                    plan.channels
+                        .as_ref()
+                        .filter(|_| args.publish.is_some())
+                        .map(|c| c.published_ok.load(Ordering::Relaxed)),
                 )
             );
             last_status = now;
@@ -130,6 +122,13 @@ pub fn watch(
         eprint!("{CLEAR_LINE}");
     }
     early
+}
+
+fn sample(args: &RunArgs, c: &crate::metrics::Counters) -> Sample {
+    Sample {
+        publish_events: c.publish_events,
+        ..probe::sample(args.server_pid, c.open, c.events)
+    }
 }
 
 /// Carriage return and ANSI "erase line": removes the progress bar on a terminal.

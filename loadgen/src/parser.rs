@@ -24,6 +24,16 @@ pub struct Event<'a> {
     pub has_own_id: bool,
 }
 
+/// What a blank line dispatches: an event, or, when the block had no data but set an id (a
+/// server announcing its position, e.g. ringcast's `id: <position>` right after the head),
+/// just the new last event ID. The latter is no DOM event; a load generator wants it anyway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dispatch<'a> {
+    Event(Event<'a>),
+    /// An `id` field without data: the last event ID is now this.
+    Id(&'a str),
+}
+
 /// The stream broke a limit the parser enforces to keep a hostile server from growing a
 /// connection's memory without bound (the spec sets no limit; real clients do).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +126,22 @@ impl Parser {
     }
 
     /// Feed the next chunk of the response body; `on_event` runs once per dispatched event.
+    /// (The connections use `feed_dispatches`; the conformance tests use this.)
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn feed<F: FnMut(Event<'_>)>(
+        &mut self,
+        input: &[u8],
+        mut on_event: F,
+    ) -> Result<(), TooLong> {
+        self.feed_dispatches(input, |d| {
+            if let Dispatch::Event(e) = d {
+                on_event(e);
+            }
+        })
+    }
+
+    /// Like `feed`, but also reports blocks that set an id without data (`Dispatch::Id`).
+    pub fn feed_dispatches<F: FnMut(Dispatch<'_>)>(
         &mut self,
         mut input: &[u8],
         mut on_event: F,
@@ -145,7 +170,7 @@ impl Parser {
         self.feed_lines(input, &mut on_event)
     }
 
-    fn feed_lines<F: FnMut(Event<'_>)>(
+    fn feed_lines<F: FnMut(Dispatch<'_>)>(
         &mut self,
         mut input: &[u8],
         on_event: &mut F,
@@ -192,7 +217,7 @@ impl Parser {
         Ok(())
     }
 
-    fn process_line<F: FnMut(Event<'_>)>(
+    fn process_line<F: FnMut(Dispatch<'_>)>(
         &mut self,
         line: &[u8],
         on_event: &mut F,
@@ -239,11 +264,14 @@ impl Parser {
         Ok(())
     }
 
-    fn dispatch<F: FnMut(Event<'_>)>(&mut self, on_event: &mut F) {
+    fn dispatch<F: FnMut(Dispatch<'_>)>(&mut self, on_event: &mut F) {
         self.last_event_id.clone_from(&self.id_buffer);
         let has_own_id = std::mem::take(&mut self.id_in_event);
         if self.data.is_empty() {
             self.event_type.clear();
+            if has_own_id {
+                on_event(Dispatch::Id(&self.last_event_id));
+            }
             return;
         }
         if self.data.ends_with('\n') {
@@ -254,12 +282,12 @@ impl Parser {
         } else {
             &self.event_type
         };
-        on_event(Event {
+        on_event(Dispatch::Event(Event {
             event_type,
             data: &self.data,
             last_event_id: &self.last_event_id,
             has_own_id,
-        });
+        }));
         if self.data.capacity() > KEEP_CAPACITY {
             self.data = String::new();
         }

@@ -91,6 +91,9 @@ pub struct Sample {
     /// Streams open and events received when the sample was taken.
     pub open: u64,
     pub events: u64,
+    /// Published events received (publish mode; absent from older files).
+    #[serde(default)]
+    pub publish_events: u64,
 }
 
 pub fn sample(server_pid: Option<u32>, open: u64, events: u64) -> Sample {
@@ -102,6 +105,7 @@ pub fn sample(server_pid: Option<u32>, open: u64, events: u64) -> Sample {
         kernel: kernel_mem(),
         open,
         events,
+        publish_events: 0,
     }
 }
 

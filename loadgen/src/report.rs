@@ -37,7 +37,8 @@ fn failures(c: &Counters) -> String {
     parts.join(", ")
 }
 
-/// One status line: phase, open/target, events per second, p99 delivery so far, errors.
+/// One status line: phase, open/target, events per second, p99 delivery so far, errors
+/// (and, in publish mode, the events published so far).
 pub fn status_line(
     elapsed_s: f64,
     phase: &str,
@@ -45,19 +46,24 @@ pub fn status_line(
     target: usize,
     events_per_s: f64,
     delivery: &Histogram<u64>,
+    published: Option<u64>,
 ) -> String {
     let p99 = if delivery.is_empty() {
         "-".to_string()
     } else {
         format!("{} ms", ms(delivery.value_at_quantile(0.99)))
     };
-    format!(
+    let mut line = format!(
         "[{elapsed_s:7.1}s {phase:<5}] open {}/{target}  events/s {events_per_s:.0}  p99 delivery {p99}  failed {}  reconnects {}  missed ids {}",
         c.open,
         c.failed_total(),
         c.reconnects,
         c.missed_ids,
-    )
+    );
+    if let Some(n) = published {
+        let _ = write!(line, "  published {n}  resets {}", c.publish_resets);
+    }
+    line
 }
 
 /// A terminal progress bar for the ramp (drawn over itself with `\r`).
@@ -75,16 +81,19 @@ pub fn progress_bar(open: u64, target: usize, width: usize) -> String {
 fn table(out: &mut String, percentiles: &std::collections::BTreeMap<String, Percentiles>) {
     let _ = writeln!(
         out,
-        "{:<12} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "{:<16} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
         "(ms)", "count", "p50", "p90", "p99", "p99.9", "p99.99", "max"
     );
     for name in Histograms::NAMES {
         let Some(p) = percentiles.get(name) else {
             continue;
         };
+        if name.starts_with("publish_") && p.count == 0 {
+            continue;
+        }
         let _ = writeln!(
             out,
-            "{name:<12} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            "{name:<16} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
             p.count,
             ms(p.p50),
             ms(p.p90),
@@ -120,6 +129,13 @@ pub fn final_report(r: &RunResult) -> String {
             cfg["warmup"],
             cfg["interval"],
         );
+        if let Some(p) = &run.publish {
+            let _ = writeln!(
+                out,
+                "publishing {}/s to {} over {} channels with {} publishers, reconnect every {} ms",
+                p.target_rate, p.url, p.channels, p.publishers, cfg["reconnect_every"],
+            );
+        }
         if let Some(banner) = &run.server.banner {
             let _ = writeln!(out, "server: {banner}");
         }
@@ -150,6 +166,9 @@ pub fn final_report(r: &RunResult) -> String {
         "events: {}, bytes {}, missed ids {}, duplicates {}, unnumbered {}, early {}, streams ended {}, stalled {}, reconnects {}",
         c.events, c.bytes, c.missed_ids, c.duplicates, c.unnumbered_events, c.early_events, c.streams_ended, c.stalled_streams, c.reconnects
     );
+    if let Some(line) = publish_lines(r) {
+        out.push_str(&line);
+    }
     let f = &r.fanout;
     let ms_of = |v: Option<u64>| v.map_or("n/a".to_string(), |us| format!("{} ms", ms(us)));
     let _ = writeln!(
@@ -179,6 +198,21 @@ pub fn final_report(r: &RunResult) -> String {
                 opt(d.server_cpu_us_per_event, |v| format!("{v:.2} us")),
             );
         }
+        if run.publish.is_some() {
+            let server = if run.resources.server_pid.is_some() {
+                format!(
+                    ", server {}",
+                    opt(d.server_cpu_us_per_publish_event, |v| format!("{v:.2} us"))
+                )
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                out,
+                "CPU per published event received: loadgen {}{server}",
+                opt(d.loadgen_cpu_us_per_publish_event, |v| format!("{v:.2} us")),
+            );
+        }
         if run.unfinished_connections > 0 {
             let _ = writeln!(
                 out,
@@ -191,6 +225,54 @@ pub fn final_report(r: &RunResult) -> String {
         let _ = writeln!(out, "note: {note}");
     }
     out
+}
+
+/// The publish mode lines of the end report (None when no run published or subscribed to
+/// channels).
+fn publish_lines(r: &RunResult) -> Option<String> {
+    let c = &r.counters;
+    let runs: Vec<_> = r
+        .runs
+        .iter()
+        .filter_map(|run| run.publish.as_ref())
+        .collect();
+    let channel_mode = r.runs.iter().any(|run| !run.config["channels"].is_null());
+    if runs.is_empty() && !channel_mode {
+        return None;
+    }
+    let mut out = String::new();
+    if !runs.is_empty() {
+        let target: f64 = runs.iter().map(|p| p.target_rate).sum();
+        let achieved: f64 = runs.iter().map(|p| p.achieved_rate).sum();
+        let errors = if c.publish_errors.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", crate::publish::describe_errors(&c.publish_errors))
+        };
+        let _ = writeln!(
+            out,
+            "publish: attempted {}, ok {}, errors {}{errors}, unsent {}, without id {}; {achieved:.1} events/s of {target:.1} asked",
+            c.publish_attempted,
+            c.published_ok,
+            c.publish_errors_total(),
+            c.publish_unsent,
+            c.published_without_id,
+        );
+    }
+    let _ = writeln!(
+        out,
+        "published events received: {}; expected {}, received {}, missed {} (in {} connections), duplicated {}, unexpected {}, resets {}, scheduled reconnects {}",
+        c.publish_events,
+        c.publish_expected,
+        c.publish_received,
+        c.publish_missed,
+        c.connections_missing_events,
+        c.publish_duplicated,
+        c.publish_unexpected,
+        c.publish_resets,
+        c.scheduled_reconnects,
+    );
+    Some(out)
 }
 
 /// The standard HdrHistogram percentile distribution text, values in milliseconds
@@ -292,7 +374,10 @@ mod tests {
             reconnects: 2,
             ..Counters::default()
         };
-        let line = status_line(3.0, "hold", &c, 10, 70.0, &h);
+        let line = status_line(3.0, "hold", &c, 10, 70.0, &h, None);
+        assert!(!line.contains("published"));
+        let publishing = status_line(3.0, "hold", &c, 10, 70.0, &h, Some(12));
+        assert!(publishing.contains("published 12"), "{publishing}");
         assert!(
             line.contains("open 7/10")
                 && line.contains("events/s 70")

@@ -17,7 +17,10 @@ use crate::metrics::{add_ticks, Counters, Histograms, TickSpan};
 use crate::probe::{Environment, Sample};
 
 pub const SCHEMA: &str = "ringcast-loadgen/result";
-pub const SCHEMA_VERSION: u32 = 1;
+/// Version 2 added publish mode (histograms `publish_*`, counters, `runs[].publish`); files
+/// of version 1 still load (what they lack reads as zero or absent).
+pub const SCHEMA_VERSION: u32 = 2;
+pub const OLDEST_SCHEMA_VERSION: u32 = 1;
 
 /// Percentiles of one histogram, in microseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -62,6 +65,11 @@ pub struct Derived {
     /// TCP buffer pages plus slab growth; on one host it covers both ends of each stream.
     pub kernel_bytes_per_stream: Option<f64>,
     pub server_cpu_us_per_event: Option<f64>,
+    /// Publish mode: CPU per published event received (between the same two samples).
+    #[serde(default)]
+    pub loadgen_cpu_us_per_publish_event: Option<f64>,
+    #[serde(default)]
+    pub server_cpu_us_per_publish_event: Option<f64>,
 }
 
 /// Samples taken before the ramp (`baseline`), when measuring starts (the hold's start plus
@@ -94,6 +102,7 @@ impl Resources {
         );
         let Some(end) = end else { return };
         let events = start.map_or(0, |s| end.events.saturating_sub(s.events));
+        let published = start.map_or(0, |s| end.publish_events.saturating_sub(s.publish_events));
         self.derived = Derived {
             loadgen_rss_bytes_per_connection: per(
                 diff(base.loadgen_rss_bytes, end.loadgen_rss_bytes),
@@ -108,6 +117,10 @@ impl Resources {
                 .and_then(|s| per(diff(s.loadgen_cpu_us, end.loadgen_cpu_us), events)),
             server_cpu_us_per_event: start
                 .and_then(|s| per(diff(s.server_cpu_us, end.server_cpu_us), events)),
+            loadgen_cpu_us_per_publish_event: start
+                .and_then(|s| per(diff(s.loadgen_cpu_us, end.loadgen_cpu_us), published)),
+            server_cpu_us_per_publish_event: start
+                .and_then(|s| per(diff(s.server_cpu_us, end.server_cpu_us), published)),
         };
     }
 }
@@ -123,6 +136,22 @@ pub struct Run {
     pub resources: Resources,
     /// Connection tasks still running when the end's grace ran out.
     pub unfinished_connections: usize,
+    /// Publish mode: what was asked of the publishers and what they achieved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<PublishSummary>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PublishSummary {
+    pub url: String,
+    pub channels: usize,
+    pub publishers: usize,
+    /// `--publish-rate`, events per second.
+    pub target_rate: f64,
+    /// How long the publishers ran: the hold, or less when the run was interrupted.
+    pub seconds: f64,
+    /// Events published with a 2xx answer per second over `seconds`.
+    pub achieved_rate: f64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -141,7 +170,8 @@ pub struct RunResult {
     pub schema_version: u32,
     pub runs: Vec<Run>,
     pub counters: Counters,
-    /// By histogram name: connect, headers, first_event, delivery, gap (microseconds).
+    /// By histogram name: connect, headers, first_event, delivery, gap, publish_delivery,
+    /// publish_request, publish_send (microseconds).
     pub percentiles: BTreeMap<String, Percentiles>,
     /// By histogram name: HdrHistogram V2 serialization, base64 (standard alphabet).
     pub histograms: BTreeMap<String, String>,
@@ -253,9 +283,11 @@ impl RunResult {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let r: RunResult =
             serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        if r.schema != SCHEMA || r.schema_version != SCHEMA_VERSION {
+        if r.schema != SCHEMA
+            || !(OLDEST_SCHEMA_VERSION..=SCHEMA_VERSION).contains(&r.schema_version)
+        {
             return Err(format!(
-                "{}: schema {} v{} is not {SCHEMA} v{SCHEMA_VERSION}",
+                "{}: schema {} v{} is not {SCHEMA} v{OLDEST_SCHEMA_VERSION}..v{SCHEMA_VERSION}",
                 path.display(),
                 r.schema,
                 r.schema_version
@@ -327,6 +359,7 @@ mod tests {
             server: Server::default(),
             resources: Resources::default(),
             unfinished_connections: 0,
+            publish: None,
         };
         RunResult::new(vec![run], counters, &h, vec![])
     }
@@ -398,9 +431,89 @@ mod tests {
         assert_eq!(mixed.notes.len(), 1);
 
         let mut text = std::fs::read_to_string(&a).unwrap();
-        text = text.replace("\"schema_version\": 1", "\"schema_version\": 999");
+        text = text.replace("\"schema_version\": 2", "\"schema_version\": 999");
         std::fs::write(&a, text).unwrap();
         assert!(RunResult::load(&a).unwrap_err().contains("schema"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn publish_results_merge_and_version_1_files_still_load() {
+        let dir = std::env::temp_dir().join(format!("loadgen-pubmerge-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let part = |delivery: std::ops::Range<u64>, missed: u64| {
+            let mut h = Histograms::default();
+            for v in delivery {
+                record(&mut h.publish_delivery, v);
+                record(&mut h.publish_request, v * 2);
+            }
+            let mut counters = Counters {
+                published_ok: 10,
+                publish_expected: 100,
+                publish_received: 100 - missed,
+                publish_missed: missed,
+                publish_resets: 1,
+                ..Counters::default()
+            };
+            counters.publish_errors.insert("429".into(), 2);
+            let mut r = result_with(0..0, 0);
+            r.runs[0].publish = Some(PublishSummary {
+                url: "http://127.0.0.1:9/publish".into(),
+                channels: 5,
+                publishers: 4,
+                target_rate: 10.0,
+                seconds: 1.0,
+                achieved_rate: 10.0,
+            });
+            let runs = r.runs;
+            RunResult::new(runs, counters, &h, vec![])
+        };
+        let (a, b) = (dir.join("a.json"), dir.join("b.json"));
+        part(1..500, 0).save(&a).unwrap();
+        part(500..1000, 3).save(&b).unwrap();
+        let m = RunResult::merge(vec![
+            RunResult::load(&a).unwrap(),
+            RunResult::load(&b).unwrap(),
+        ])
+        .unwrap();
+        let c = &m.counters;
+        assert_eq!(
+            (c.published_ok, c.publish_expected, c.publish_missed),
+            (20, 200, 3)
+        );
+        assert_eq!((c.publish_errors["429"], c.publish_resets), (4, 2));
+        assert_eq!(m.percentiles["publish_delivery"].count, 999);
+        assert_eq!(m.percentiles["publish_request"].count, 999);
+        let whole = part(1..1000, 0).decode_histograms().unwrap();
+        assert_eq!(
+            m.decode_histograms().unwrap().publish_delivery,
+            whole.publish_delivery
+        );
+        assert_eq!(m.runs.len(), 2);
+        assert_eq!(m.runs[1].publish.as_ref().unwrap().channels, 5);
+
+        // a version 1 file: no publish fields, histograms or run summary
+        let mut v1: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&a).unwrap()).unwrap();
+        v1["schema_version"] = 1.into();
+        for name in ["publish_delivery", "publish_request", "publish_send"] {
+            v1["histograms"].as_object_mut().unwrap().remove(name);
+            v1["percentiles"].as_object_mut().unwrap().remove(name);
+        }
+        let counters = v1["counters"].as_object_mut().unwrap();
+        counters.retain(|k, _| {
+            !k.starts_with("publish")
+                && !k.contains("_reconnects")
+                && !k.starts_with("connections_missing")
+        });
+        v1["runs"][0].as_object_mut().unwrap().remove("publish");
+        std::fs::write(&a, v1.to_string()).unwrap();
+        let old = RunResult::load(&a).unwrap();
+        assert_eq!(old.counters.published_ok, 0);
+        assert!(old.runs[0].publish.is_none());
+        let m = RunResult::merge(vec![old, RunResult::load(&b).unwrap()]).unwrap();
+        assert_eq!(m.schema_version, SCHEMA_VERSION);
+        assert_eq!(m.counters.publish_missed, 3);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -425,11 +538,14 @@ mod tests {
                 server_cpu_us: Some(1200),
                 open: 4,
                 events: 110,
+                publish_events: 50,
                 ..Sample::default()
             }),
             ..Resources::default()
         };
         r.derive();
+        assert_eq!(r.derived.server_cpu_us_per_publish_event, Some(20.0));
+        assert_eq!(r.derived.loadgen_cpu_us_per_publish_event, Some(4.0));
         assert_eq!(r.derived.loadgen_rss_bytes_per_connection, Some(500.0));
         assert_eq!(r.derived.server_rss_bytes_per_stream, Some(1000.0));
         assert_eq!(r.derived.loadgen_cpu_us_per_event, Some(2.0));

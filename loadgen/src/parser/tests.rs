@@ -4,7 +4,7 @@
 //! fed to the parser in many chunkings: every split into two and three pieces, every fixed
 //! chunk size, and every possible chunking for short inputs.
 
-use super::{Event, Parser, TooLong};
+use super::{Dispatch, Event, Parser, TooLong};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Got {
@@ -372,4 +372,27 @@ fn over_long_line_and_event_are_errors() {
     );
     let mut p = Parser::new(8);
     assert_eq!(p.feed(b"data:12\n\ndata:34\n\n", |_| {}), Ok(()));
+}
+
+#[test]
+fn id_only_blocks_are_reported_as_positions() {
+    // ringcast's channel stream: the position right after the head, a heartbeat, an event.
+    let body =
+        b"id: 1764500000123-0\n\n:\n\nid: 1764500000123-4\nevent: message\ndata: hello\n\nid\n\n";
+    for cut in 0..=body.len() {
+        let mut p = Parser::default();
+        let mut got = Vec::new();
+        for part in [&body[..cut], &body[cut..]] {
+            p.feed_dispatches(part, |d| {
+                got.push(match d {
+                    Dispatch::Id(id) => format!("id {id}"),
+                    Dispatch::Event(e) => format!("event {} {}", e.last_event_id, e.data),
+                })
+            })
+            .unwrap();
+        }
+        let want = ["id 1764500000123-0", "event 1764500000123-4 hello", "id "];
+        assert_eq!(got, want, "cut {cut}");
+        assert_eq!(p.last_event_id(), "");
+    }
 }

@@ -2,9 +2,16 @@
 //! each test picks, the real `ringcast` server when it has been built, and a runner for
 //! the loadgen binary that returns its parsed result file. Everything is bounded: servers
 //! stop when dropped, and the loadgen is killed if it overruns.
+//!
+//! `Mode::Channels` is a small stand-in for ringcast's publish API: `POST /publish?channel=`
+//! assigns `<ms>-<seq>` ids and answers `201` with JSON; `GET ?channel=` streams get the
+//! replay after their Last-Event-ID (or `ringcast-reset` and what is retained), then
+//! `id: <position>`, then live events and heartbeats. Subscribing and publishing take one
+//! lock, so the fixture itself never loses or repeats an event, unless told to (`Fault`).
 
 #![allow(dead_code)]
 
+use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -35,6 +42,224 @@ pub enum Mode {
         events: u64,
         retry_ms: u64,
     },
+    /// Channels and a publish endpoint (`/publish` on the same port), see the module docs.
+    Channels(ChannelOpts),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelOpts {
+    /// Publishing needs `Authorization: Bearer <token>` (401 otherwise).
+    pub token: Option<&'static str>,
+    /// Events kept per channel for replay; a resume from before the oldest gets a reset.
+    pub history: usize,
+    /// Every resume gets `ringcast-reset` (then what is retained after its id).
+    pub reset_on_resume: bool,
+    pub fault: Fault,
+    /// nchan-like: ids `<unix-s>:<n>`, no position line, publish answered `202` without an id.
+    pub nchan_ids: bool,
+}
+
+impl Default for ChannelOpts {
+    fn default() -> Self {
+        ChannelOpts {
+            token: None,
+            history: 10_000,
+            reset_on_resume: false,
+            fault: Fault::None,
+            nchan_ids: false,
+        }
+    }
+}
+
+/// A deliberate delivery bug, on the first subscriber of each channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    None,
+    /// Every n-th publish is not written to it.
+    DropEvery(u64),
+    /// Every n-th publish is written to it twice.
+    DuplicateEvery(u64),
+}
+
+type Id = (u64, u64);
+
+#[derive(Default)]
+struct Channel {
+    /// (id, frame), oldest first.
+    history: VecDeque<(Id, String)>,
+    /// The newest evicted id.
+    floor: Id,
+    subs: Vec<TcpStream>,
+}
+
+/// The channel server's state.
+#[derive(Default)]
+pub struct Hub {
+    last: Id,
+    publishes: u64,
+    channels: HashMap<String, Channel>,
+}
+
+fn query_param<'a>(target: &'a str, name: &str) -> Option<&'a str> {
+    let (_, query) = target.split_once('?')?;
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == name).then_some(v)
+    })
+}
+
+fn parse_id(s: &str) -> Option<Id> {
+    let (ms, seq) = s.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+impl Hub {
+    fn id_text(id: Id, nchan: bool) -> String {
+        if nchan {
+            format!("{}:{}", id.0 / 1000, id.1)
+        } else {
+            format!("{}-{}", id.0, id.1)
+        }
+    }
+
+    /// Takes one event: numbers it, keeps it, writes it to the channel's streams.
+    fn publish(&mut self, channel: &str, data: &str, opts: &ChannelOpts) -> Id {
+        let now = now_ms();
+        let id = if now > self.last.0 {
+            (now, 0)
+        } else {
+            (self.last.0, self.last.1 + 1)
+        };
+        self.last = id;
+        self.publishes += 1;
+        let n = self.publishes;
+        let frame = format!(
+            "id: {}\nevent: message\ndata: {data}\n\n",
+            Self::id_text(id, opts.nchan_ids)
+        );
+        let ch = self.channels.entry(channel.to_string()).or_default();
+        ch.history.push_back((id, frame.clone()));
+        while ch.history.len() > opts.history {
+            if let Some((old, _)) = ch.history.pop_front() {
+                ch.floor = old;
+            }
+        }
+        let mut first = true;
+        ch.subs.retain_mut(|s| {
+            let copies = match opts.fault {
+                Fault::DropEvery(k) if first && n.is_multiple_of(k) => 0,
+                Fault::DuplicateEvery(k) if first && n.is_multiple_of(k) => 2,
+                _ => 1,
+            };
+            first = false;
+            (0..copies).all(|_| s.write_all(frame.as_bytes()).is_ok())
+        });
+        id
+    }
+
+    /// Opens a stream: the head, the replay (or a reset and what is retained), the
+    /// position, then it joins the channel.
+    fn subscribe(
+        &mut self,
+        mut s: TcpStream,
+        channel: &str,
+        last: Option<&str>,
+        opts: &ChannelOpts,
+    ) {
+        let mut out = String::from(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nServer: fixture\r\n\r\n",
+        );
+        let ch = self.channels.entry(channel.to_string()).or_default();
+        if let Some(after) = last.and_then(parse_id) {
+            if opts.reset_on_resume || after < ch.floor {
+                out.push_str(&format!(
+                    "event: ringcast-reset\ndata: {{\"reason\":\"evicted\",\"last_event_id\":\"{}-{}\"}}\n\n",
+                    after.0, after.1
+                ));
+            }
+            for (id, frame) in &ch.history {
+                if *id > after {
+                    out.push_str(frame);
+                }
+            }
+        }
+        if !opts.nchan_ids {
+            out.push_str(&format!("id: {}-{}\n\n", self.last.0, self.last.1));
+        }
+        if s.write_all(out.as_bytes()).is_ok() {
+            ch.subs.push(s);
+        }
+    }
+
+    fn heartbeat(&mut self) {
+        for ch in self.channels.values_mut() {
+            ch.subs.retain_mut(|s| s.write_all(b":\n\n").is_ok());
+        }
+    }
+}
+
+/// Serves the publish endpoint (keep-alive) or opens a channel stream.
+fn serve_channels(
+    mut s: TcpStream,
+    mut head: String,
+    opts: ChannelOpts,
+    hub: &Mutex<Hub>,
+    paths: &Mutex<Vec<String>>,
+    ids: &Mutex<Vec<Option<String>>>,
+) {
+    loop {
+        let mut words = head.split_whitespace();
+        let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+        let channel = query_param(target, "channel").unwrap_or("").to_string();
+        if method != "POST" {
+            let last = header(&head, "Last-Event-ID").map(str::to_string);
+            paths.lock().unwrap().push(target.to_string());
+            ids.lock().unwrap().push(last.clone());
+            hub.lock()
+                .unwrap()
+                .subscribe(s, &channel, last.as_deref(), &opts);
+            return;
+        }
+        let len: usize = header(&head, "Content-Length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        if s.read_exact(&mut body).is_err() {
+            return;
+        }
+        let authorized = opts
+            .token
+            .is_none_or(|t| header(&head, "Authorization") == Some(format!("Bearer {t}").as_str()));
+        let answer = if !authorized {
+            "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n".to_string()
+        } else {
+            let data = String::from_utf8_lossy(&body).replace(['\r', '\n'], " ");
+            let id = hub.lock().unwrap().publish(&channel, &data, &opts);
+            if opts.nchan_ids {
+                let text = "queued messages: 1\n";
+                format!(
+                    "HTTP/1.1 202 Accepted\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{text}",
+                    text.len()
+                )
+            } else {
+                let json = format!(
+                    "{{\"id\":\"{}-{}\",\"channels\":[\"{channel}\"]}}",
+                    id.0, id.1
+                );
+                format!(
+                    "HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
+                    json.len()
+                )
+            }
+        };
+        if s.write_all(answer.as_bytes()).is_err() {
+            return;
+        }
+        match read_head(&mut s) {
+            Some(next) => head = next,
+            None => return,
+        }
+    }
 }
 
 pub struct Fixture {
@@ -46,6 +271,10 @@ pub struct Fixture {
     pub closed_with: Arc<Mutex<Vec<u64>>>,
     /// Source address of every accepted connection.
     pub peers: Arc<Mutex<Vec<std::net::IpAddr>>>,
+    /// Request target of every stream request (`Mode::Channels`).
+    pub paths: Arc<Mutex<Vec<String>>>,
+    /// The channel server's state (`Mode::Channels`).
+    pub hub: Arc<Mutex<Hub>>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -60,27 +289,54 @@ impl Fixture {
         let last_event_ids = Arc::new(Mutex::new(Vec::new()));
         let closed_with = Arc::new(Mutex::new(Vec::new()));
         let peers = Arc::new(Mutex::new(Vec::new()));
+        let paths = Arc::new(Mutex::new(Vec::new()));
+        let hub = Arc::new(Mutex::new(Hub::default()));
         let streams: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
         let mut threads = Vec::new();
         {
-            let (stop, ids, closed, streams, peers) = (
+            let (stop, ids, closed, streams, peers, paths, hub) = (
                 stop.clone(),
                 last_event_ids.clone(),
                 closed_with.clone(),
                 streams.clone(),
                 peers.clone(),
+                paths.clone(),
+                hub.clone(),
             );
             threads.push(std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     match listener.accept() {
                         Ok((s, peer)) => {
                             peers.lock().unwrap().push(peer.ip());
-                            let (ids, closed, streams) =
-                                (ids.clone(), closed.clone(), streams.clone());
-                            std::thread::spawn(move || serve(s, mode, ids, closed, streams));
+                            let (ids, closed, streams, paths, hub) = (
+                                ids.clone(),
+                                closed.clone(),
+                                streams.clone(),
+                                paths.clone(),
+                                hub.clone(),
+                            );
+                            std::thread::spawn(move || {
+                                if let Mode::Channels(opts) = mode {
+                                    let mut s = s;
+                                    if let Some(head) = read_head(&mut s) {
+                                        serve_channels(s, head, opts, &hub, &paths, &ids);
+                                    }
+                                    return;
+                                }
+                                serve(s, mode, ids, closed, streams)
+                            });
                         }
                         Err(_) => std::thread::sleep(Duration::from_millis(2)),
                     }
+                }
+            }));
+        }
+        if let Mode::Channels(_) = mode {
+            let (stop, hub) = (stop.clone(), hub.clone());
+            threads.push(std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100));
+                    hub.lock().unwrap().heartbeat();
                 }
             }));
         }
@@ -100,12 +356,23 @@ impl Fixture {
             last_event_ids,
             closed_with,
             peers,
+            paths,
+            hub,
             threads,
         }
     }
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn publish_url(&self) -> String {
+        format!("http://127.0.0.1:{}/publish", self.port)
+    }
+
+    /// Events the channel server took.
+    pub fn publishes(&self) -> u64 {
+        self.hub.lock().unwrap().publishes
     }
 }
 
@@ -152,6 +419,8 @@ fn serve(
     ids.lock().unwrap().push(last.clone());
     let sse = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nServer: fixture\r\n";
     match mode {
+        // Served by `serve_channels`.
+        Mode::Channels(_) => return,
         Mode::Stall => {
             let _ = s.write_all(format!("{sse}\r\nid: 1\ndata: only\n\n").as_bytes());
             std::thread::sleep(Duration::from_secs(5));
