@@ -566,7 +566,7 @@ fn channel_subscriber_cut_off_gets_what_was_published_meanwhile(driver: &str) {
     // Cut off: the browser errors and keeps retrying (refused) while events are published.
     relay.cut();
     let errors_then = browser.wait_for("s", "an error after the cut", |log| {
-        (!of_type(log, "error").is_empty()).then(|| log.len())
+        (!of_type(log, "error").is_empty()).then_some(log.len())
     });
     // (The server notices the dead stream only when a write to it fails: the first events below
     // are written into the cut connection and lost there; the replay must make up for them.)
