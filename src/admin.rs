@@ -27,6 +27,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
 
 use crate::config::{Config, Cors};
+use crate::engine::{self, Engine};
 use crate::hub::{Hub, PublishError};
 use crate::metrics::{HistogramSnapshot, Snapshot, WorkerStats, BUCKETS_US};
 use crate::net::FdLimit;
@@ -44,6 +45,8 @@ pub struct State {
     pub stats: Vec<Arc<WorkerStats>>,
     pub cap: Arc<StreamCap>,
     pub hub: Arc<Hub>,
+    /// Cluster mode: publishes go to Redis.
+    pub engine: Option<Arc<Engine>>,
     /// Worker threads still running.
     pub alive: Arc<AtomicUsize>,
     pub started_at: SystemTime,
@@ -394,7 +397,28 @@ async fn answer(
             Ok(p) => p,
             Err(r) => return refuse(r, close),
         };
-        return match state.hub.publish(p.channels.clone(), &p.event, &p.data) {
+        let published = match &state.engine {
+            None => state
+                .hub
+                .publish(p.channels.clone(), &p.event, &p.data)
+                .map_err(|e| match e {
+                    PublishError::Overloaded => "the workers cannot keep up; retry shortly".into(),
+                    PublishError::ShuttingDown | PublishError::NotLocal => {
+                        "the server is shutting down".to_owned()
+                    }
+                }),
+            Some(engine) => {
+                let answer = engine.publish(p.channels.clone(), p.event.clone(), p.data.clone());
+                match answer.await {
+                    Ok(Ok(id)) => Ok(id),
+                    Ok(Err(engine::PublishError::Unavailable(why))) => {
+                        Err(format!("the event store (redis) is unavailable: {why}"))
+                    }
+                    Err(_) => Err("the server is shutting down".into()),
+                }
+            }
+        };
+        return match published {
             Ok(id) => {
                 let body = serde_json::json!({ "id": id.to_string(), "channels": p.channels })
                     .to_string()
@@ -404,12 +428,8 @@ async fn answer(
                     close,
                 )
             }
-            Err(e) => {
+            Err(why) => {
                 state.counters.refused(503);
-                let why = match e {
-                    PublishError::Overloaded => "the workers cannot keep up; retry shortly",
-                    PublishError::ShuttingDown => "the server is shutting down",
-                };
                 let body = serde_json::json!({ "error": why }).to_string() + "\n";
                 (
                     response(
@@ -440,15 +460,7 @@ async fn answer(
             "text/plain; version=0.0.4; charset=utf-8",
             metrics(state),
         ),
-        "/healthz" => {
-            let alive = state.alive.load(Ordering::Acquire);
-            if alive == state.workers.len() {
-                (200, "text/plain", "ok\n".to_owned())
-            } else {
-                let body = format!("{alive} of {} workers running\n", state.workers.len());
-                (503, "text/plain", body)
-            }
-        }
+        "/healthz" => healthz(state),
         "/info" => (200, "application/json", info(state)),
         _ => (
             404,
@@ -465,6 +477,45 @@ async fn answer(
         reply.truncate(head_end);
     }
     skip_body(conn, buf, &head, deadline, reply, close).await
+}
+
+/// `/healthz`: 200 while every worker runs (the streams are served), 503 otherwise; the JSON
+/// also says what the engine is doing, which does not change the status: a node whose Redis is
+/// down still serves its streams, ticks and heartbeats.
+fn healthz(state: &State) -> (u16, &'static str, String) {
+    let alive = state.alive.load(Ordering::Acquire);
+    let total = state.workers.len();
+    let ok = alive == total;
+    let engine = match &state.engine {
+        None => serde_json::json!({ "kind": "local", "state": "up" }),
+        Some(e) => {
+            let (st, epoch) = e.state();
+            let (name, error) = match st {
+                engine::State::Up => ("up", None),
+                engine::State::Connecting => ("connecting", None),
+                engine::State::Down(why) => ("down", Some(why)),
+            };
+            serde_json::json!({
+                "kind": "redis",
+                "state": name,
+                "error": error,
+                "epoch": epoch,
+                "url": e.settings().redacted_url(),
+                "stream": e.settings().stream,
+            })
+        }
+    };
+    let body = serde_json::json!({
+        "status": if ok { "ok" } else { "degraded" },
+        "workers": { "running": alive, "total": total },
+        "streams_open": state.cap.open(),
+        "engine": engine,
+    });
+    (
+        if ok { 200 } else { 503 },
+        "application/json",
+        body.to_string() + "\n",
+    )
 }
 
 /// Drops a request's body (up to 64 KiB; larger closes the connection) before answering.
@@ -794,6 +845,64 @@ pub fn metrics(state: &State) -> String {
             "# HELP ringcast_{name} {help}\n# TYPE ringcast_{name} {kind}\nringcast_{name} {value}"
         );
     }
+    if let Some(e) = &state.engine {
+        let ec = &e.counters;
+        for (name, kind, help, value) in [
+            (
+                "engine_up",
+                "gauge",
+                "1 while the event store (redis) is reachable.",
+                ec.up.load(Ordering::Relaxed) as u64 as f64,
+            ),
+            (
+                "engine_reader_lag_seconds",
+                "gauge",
+                "How far the last event read is behind the stream's newest entry.",
+                ec.lag_ms.load(Ordering::Relaxed) as f64 / 1e3,
+            ),
+            (
+                "engine_reader_lag_entries",
+                "gauge",
+                "Stream entries not read yet (measured once a second, capped at 10000).",
+                ec.lag_entries.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "engine_reconnects_total",
+                "counter",
+                "Reconnections of the stream reader.",
+                ec.reconnects.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "engine_events_read_total",
+                "counter",
+                "Events read from the stream (from every node).",
+                ec.events_read.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "engine_publish_errors_total",
+                "counter",
+                "Publishes the event store did not take (answered 503).",
+                ec.publish_errors.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "engine_replays_total",
+                "counter",
+                "Replays asked of the event store (the history did not cover the id).",
+                ec.replays.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "engine_epoch_changes_total",
+                "counter",
+                "Times the event store came back without its data (a new epoch).",
+                ec.epoch_changes.load(Ordering::Relaxed) as f64,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP ringcast_{name} {help}\n# TYPE ringcast_{name} {kind}\nringcast_{name} {value}"
+            );
+        }
+    }
     let _ = writeln!(
         out,
         "# HELP ringcast_publish_refused_total Publishes refused, by status.\n# TYPE ringcast_publish_refused_total counter"
@@ -867,7 +976,16 @@ pub fn info(state: &State) -> String {
             "history_bytes": cfg.history_bytes,
             "history_age_ms": cfg.history_age.as_millis() as u64,
             "publish_token": cfg.publish_token.is_some(),
-            "engine": "local",
+            "engine": match &state.engine {
+                None => serde_json::json!("local"),
+                Some(e) => serde_json::json!({
+                    "kind": "redis",
+                    "url": e.settings().redacted_url(),
+                    "stream": e.settings().stream,
+                    "maxlen": e.settings().maxlen,
+                    "epoch": e.state().1,
+                }),
+            },
             "start_id": state.hub.start().to_string(),
             "last_id": state.hub.last_id().to_string(),
         },

@@ -145,6 +145,20 @@ pub struct Args {
           value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub admin_max_connections: u32,
 
+    /// Cluster mode: share one event stream with other nodes through Redis Streams, e.g.
+    /// redis://127.0.0.1:6379/0.
+    #[arg(long, env = "RINGCAST_REDIS", value_name = "URL")]
+    pub redis: Option<String>,
+
+    /// The Redis stream key (its epoch lives beside it, at KEY:epoch).
+    #[arg(long, default_value = "ringcast:events", value_name = "KEY")]
+    pub redis_stream: String,
+
+    /// Entries the Redis stream keeps (`XADD … MAXLEN ~ N`), over all channels.
+    #[arg(long, default_value_t = 100_000, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub redis_maxlen: u64,
+
     /// Print what this kernel's io_uring offers (setup, FEAT flags, opcodes) as JSON, and exit.
     #[arg(long)]
     pub probe_uring: bool,
@@ -282,6 +296,7 @@ pub struct Config {
     pub max_queued_bytes: usize,
     pub publish_token: Option<String>,
     pub admin_max_connections: usize,
+    pub redis: Option<crate::engine::Settings>,
 }
 
 impl Config {
@@ -319,6 +334,13 @@ impl Config {
             max_queued_bytes: args.max_queued_bytes as usize,
             publish_token: args.publish_token.clone().filter(|t| !t.is_empty()),
             admin_max_connections: args.admin_max_connections as usize,
+            redis: args.redis.as_ref().filter(|u| !u.is_empty()).map(|url| {
+                crate::engine::Settings {
+                    url: url.clone(),
+                    stream: args.redis_stream.clone(),
+                    maxlen: args.redis_maxlen as usize,
+                }
+            }),
         }
     }
 

@@ -47,6 +47,8 @@ pub struct History {
     /// Newest id lost to the byte or age bound (or the position the server started at).
     floor: EventId,
     start: EventId,
+    /// Ids below this are from an earlier epoch of the engine.
+    epoch: EventId,
 }
 
 /// Why a resume cannot be complete; the client gets `event: ringcast-reset` with this reason.
@@ -62,6 +64,10 @@ pub enum ResetReason {
     TickId,
     /// An id ahead of this server's position: from somewhere else.
     Unknown,
+    /// An id from before the engine lost its data (a new epoch).
+    Epoch,
+    /// The history does not cover the id and the engine that could cannot be reached.
+    Unavailable,
 }
 
 impl ResetReason {
@@ -72,6 +78,8 @@ impl ResetReason {
             ResetReason::Malformed => "malformed",
             ResetReason::TickId => "tick-id",
             ResetReason::Unknown => "unknown",
+            ResetReason::Epoch => "epoch",
+            ResetReason::Unavailable => "unavailable",
         }
     }
 
@@ -82,6 +90,10 @@ impl ResetReason {
             ResetReason::Malformed => "this is not an event id (<unix-ms>-<seq>)",
             ResetReason::TickId => "this is a tick id, not a published event's id",
             ResetReason::Unknown => "this id is ahead of the server's position",
+            ResetReason::Epoch => "the event store lost its data after this id (new epoch)",
+            ResetReason::Unavailable => {
+                "events after this id are not in this node's history and the event store is unavailable"
+            }
         }
     }
 }
@@ -103,7 +115,14 @@ impl History {
             channels: HashMap::new(),
             floor: start,
             start,
+            epoch: EventId::ZERO,
         }
+    }
+
+    /// The engine lost its data: ids below `start` can no longer be resumed exactly.
+    pub fn new_epoch(&mut self, start: EventId) {
+        self.epoch = self.epoch.max(start);
+        self.floor = self.floor.max(start);
     }
 
     /// Retained events and their cost in bytes.
@@ -181,6 +200,7 @@ impl History {
                     events: Vec::new(),
                 }
             }
+            Ok(id) if id < self.epoch => (Some(id), Some(ResetReason::Epoch)),
             Ok(id) if id < self.start => (Some(id), Some(ResetReason::BeforeStart)),
             Ok(id) => {
                 let floor = channels

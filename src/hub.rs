@@ -21,9 +21,12 @@ use crate::event::{unix_ms, Event, EventId};
 use crate::history::{History, Limits, Replay};
 
 /// Where event ids come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sequencer {
     /// This process: `<wall-clock ms>-<seq>`, strictly increasing even if the clock steps back.
     Local,
+    /// An engine (Redis Streams) assigns them; events come in through [`Hub::ingest`].
+    Engine,
 }
 
 struct State {
@@ -72,11 +75,22 @@ pub enum PublishError {
     ShuttingDown,
     /// A core has `MAX_INBOX` events waiting: it cannot keep up.
     Overloaded,
+    /// Ids come from an engine: publish through it.
+    NotLocal,
 }
 
 impl Hub {
     /// A hub for `cores` cores; returns each core's inbox.
     pub fn new(limits: Limits, cores: usize) -> (Arc<Hub>, Vec<Inbox>) {
+        Self::with_sequencer(limits, cores, Sequencer::Local)
+    }
+
+    /// A hub whose ids come from `sequencer`.
+    pub fn with_sequencer(
+        limits: Limits,
+        cores: usize,
+        sequencer: Sequencer,
+    ) -> (Arc<Hub>, Vec<Inbox>) {
         let start = EventId::now();
         let (inboxes, receivers) = (0..cores)
             .map(|_| {
@@ -91,7 +105,7 @@ impl Hub {
                 history: History::new(limits, start),
                 inboxes,
             }),
-            sequencer: Sequencer::Local,
+            sequencer,
             start,
             published: AtomicU64::new(0),
         };
@@ -122,20 +136,35 @@ impl Hub {
         }
         let id = match self.sequencer {
             Sequencer::Local => st.last.next_at(unix_ms(SystemTime::now())),
+            Sequencer::Engine => return Err(PublishError::NotLocal),
         };
         let ev = Arc::new(Event::new(id, channels, event, data));
         self.ingest_locked(&mut st, ev)?;
         Ok(id)
     }
 
-    /// Takes an event sequenced elsewhere (its id must be above every id seen so far).
+    /// Takes an event sequenced elsewhere. An id at or below the last one taken was delivered
+    /// already (or cannot be delivered in order) and is skipped.
     pub fn ingest(&self, ev: Arc<Event>) -> Result<(), PublishError> {
         let mut st = self.lock();
+        if ev.id <= st.last {
+            tracing::debug!(id = %ev.id, last = %st.last, "event at or below the last id: skipped");
+            return Ok(());
+        }
         self.ingest_locked(&mut st, ev)
     }
 
+    /// Which sequencer assigns ids.
+    pub fn sequencer(&self) -> Sequencer {
+        self.sequencer
+    }
+
+    /// The engine lost its data: resumes from ids below `start` get `ringcast-reset`.
+    pub fn set_epoch_floor(&self, start: EventId) {
+        self.lock().history.new_epoch(start);
+    }
+
     fn ingest_locked(&self, st: &mut State, ev: Arc<Event>) -> Result<(), PublishError> {
-        debug_assert!(ev.id > st.last);
         let mut delivered = false;
         for (inbox, depth) in &st.inboxes {
             // Counted before the send, so the core's decrement never comes first.

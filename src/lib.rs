@@ -16,6 +16,7 @@
 //! - [`event`], [`history`], [`hub`]: published events, the replay history, and the event
 //!   source that sequences events and hands them to every core;
 //! - [`publish`]: the publish request's checks (fuzzed);
+//! - [`engine`]: cluster mode, one event stream for many nodes through Redis Streams;
 //! - [`worker`]: one pinned runtime (driver choice, accept loop);
 //! - [`server`]: start-up, banner, shutdown;
 //! - [`net`], [`metrics`]: sockets and fd limits, per-worker counters;
@@ -24,6 +25,7 @@
 pub mod admin;
 pub mod config;
 pub mod conn;
+pub mod engine;
 pub mod event;
 pub mod history;
 pub mod http;

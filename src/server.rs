@@ -15,8 +15,9 @@ use futures::channel::oneshot;
 
 use crate::admin::{self, Admin};
 use crate::config::{AdminListen, Config};
+use crate::engine::Engine;
 use crate::history;
-use crate::hub::Hub;
+use crate::hub::{Hub, Sequencer};
 use crate::metrics::{Snapshot, WorkerStats};
 use crate::net::{self, FdLimit};
 use crate::streams::StreamCap;
@@ -33,6 +34,7 @@ pub struct Server {
     exited: mpsc::Receiver<usize>,
     admin: Option<Admin>,
     hub: Arc<Hub>,
+    engine: Option<Arc<Engine>>,
 }
 
 struct Running {
@@ -96,14 +98,23 @@ impl Server {
             }
         }
         let cap = Arc::new(StreamCap::new(max_streams));
-        let (hub, inboxes) = Hub::new(
+        let sequencer = match cfg.redis {
+            Some(_) => Sequencer::Engine,
+            None => Sequencer::Local,
+        };
+        let (hub, inboxes) = Hub::with_sequencer(
             history::Limits {
                 per_channel: cfg.history,
                 bytes: cfg.history_bytes,
                 age: cfg.history_age,
             },
             cfg.workers,
+            sequencer,
         );
+        let engine = match &cfg.redis {
+            Some(settings) => Some(Engine::start(settings.clone(), hub.clone())?),
+            None => None,
+        };
         let alive = Arc::new(AtomicUsize::new(cfg.workers));
         let (started_tx, started_rx) = mpsc::channel();
         let (exited_tx, exited) = mpsc::channel();
@@ -119,6 +130,7 @@ impl Server {
                 cap: cap.clone(),
                 stats: stats.clone(),
                 hub: hub.clone(),
+                engine: engine.clone(),
                 inbox,
                 started: started_tx.clone(),
                 stop: stop_rx,
@@ -152,6 +164,7 @@ impl Server {
             exited,
             admin: None,
             hub,
+            engine,
         };
         for _ in 0..server.workers.len() {
             match started_rx.recv_timeout(Duration::from_secs(10)) {
@@ -178,6 +191,7 @@ impl Server {
                 stats: server.workers.iter().map(|w| w.stats.clone()).collect(),
                 cap: server.cap.clone(),
                 hub: server.hub.clone(),
+                engine: server.engine.clone(),
                 alive,
                 started_at: std::time::SystemTime::now(),
                 counters: Default::default(),
@@ -264,6 +278,15 @@ impl Server {
             "open-files limit raised to the hard limit; at most {} streams (raise `ulimit -Hn` for more)",
             self.cap.max()
         );
+        if let Some(e) = &self.engine {
+            let s = e.settings();
+            tracing::info!(
+                redis = %s.redacted_url(),
+                stream = %s.stream,
+                maxlen = s.maxlen,
+                "cluster mode: events go through the redis stream"
+            );
+        }
         match self.admin_addr() {
             Some(a) => tracing::info!("admin endpoints on http://{a} (/metrics, /healthz, /info)"),
             None => tracing::info!("admin endpoints disabled (--admin-listen none)"),
@@ -282,6 +305,9 @@ impl Server {
             admin.stop();
         }
         self.hub.close();
+        if let Some(engine) = &self.engine {
+            engine.stop();
+        }
         for w in &mut self.workers {
             if let Some(stop) = w.stop.take() {
                 let _ = stop.send(());

@@ -34,6 +34,7 @@ use monoio::net::TcpStream;
 use slab::Slab;
 
 use crate::config::Config;
+use crate::engine::ReplayDone;
 use crate::event::{Event, HEARTBEAT};
 use crate::hub::Inbox;
 use crate::metrics::{CloseReason, WorkerStats};
@@ -190,6 +191,7 @@ enum Wake {
     Heartbeat,
     Event(Arc<Event>),
     InboxClosed,
+    Replayed(ReplayDone),
     Ready,
     Done(Done),
 }
@@ -240,7 +242,11 @@ impl Walker {
     /// Runs the core forever: between ticks, hand published events and heartbeats to the
     /// channel streams and collect completions; at each wall-clock boundary, walk the ticks.
     /// Never busy-yields (monoio 0.2.4 fires timers only when idle).
-    pub async fn run(&self, mut inbox: Inbox) {
+    pub async fn run(
+        &self,
+        mut inbox: Inbox,
+        mut replays: Option<futures::channel::mpsc::UnboundedReceiver<ReplayDone>>,
+    ) {
         // One concrete future type (no box per write): the write of `write_frame`.
         let mut inflight = FuturesUnordered::new();
         let make = write_frame;
@@ -272,6 +278,11 @@ impl Walker {
                             Poll::Pending => {}
                         }
                     }
+                    if let Some(r) = replays.as_mut() {
+                        if let Poll::Ready(Some(done)) = r.poll_next_unpin(cx) {
+                            return Poll::Ready(Wake::Replayed(done));
+                        }
+                    }
                     if self.subs.notify.poll_notified(cx).is_ready() {
                         return Poll::Ready(Wake::Ready);
                     }
@@ -294,6 +305,7 @@ impl Walker {
                         self.subs.deliver(&ev);
                     }
                     Wake::InboxClosed => inbox_open = false,
+                    Wake::Replayed(done) => self.subs.finish_replay(done),
                     Wake::Ready => {}
                     Wake::Done(done) => self.complete(done),
                 }

@@ -25,11 +25,13 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 
 use bytes::Bytes;
+use futures::channel::mpsc as fmpsc;
 use monoio::net::TcpStream;
 use slab::Slab;
 
+use crate::engine::{Engine, ReplayDone, ReplayJob};
 use crate::event::{position_frame, Event, EventId};
-use crate::history::ResetReason;
+use crate::history::{Replay, ResetReason};
 use crate::http::Subscription;
 use crate::hub::Hub;
 use crate::metrics::{CloseReason, WorkerStats};
@@ -50,6 +52,10 @@ struct Sub {
     state: Abort,
     /// On the core's ready list.
     ready: bool,
+    /// Waiting for its replay from the engine: live events queue, nothing is written yet.
+    held: bool,
+    /// Tells a reused slab key from the stream an engine replay was asked for.
+    serial: u64,
     /// Consecutive heartbeats skipped because a write was pending.
     skips: u8,
     /// The last event queued here (one event on several of its channels is queued once).
@@ -112,8 +118,11 @@ pub struct Subs {
     /// The last event this core handled (the hub's start before any).
     position: Cell<EventId>,
     stamp: Cell<u32>,
+    serial: Cell<u64>,
     pub notify: Notify,
     hub: Arc<Hub>,
+    /// Cluster mode: the engine completes replays the history cannot, answering on `replies`.
+    engine: Option<(Arc<Engine>, fmpsc::UnboundedSender<ReplayDone>)>,
     cap: Arc<StreamCap>,
     stats: Arc<WorkerStats>,
     max_queued: usize,
@@ -123,12 +132,15 @@ pub struct Subs {
 impl Subs {
     pub fn new(
         hub: Arc<Hub>,
+        engine: Option<(Arc<Engine>, fmpsc::UnboundedSender<ReplayDone>)>,
         cap: Arc<StreamCap>,
         stats: Arc<WorkerStats>,
         max_queued: usize,
         max_skips: u8,
     ) -> Self {
         Subs {
+            serial: Cell::new(0),
+            engine,
             slab: RefCell::new(Slab::new()),
             index: RefCell::new(Index::default()),
             ready: RefCell::new(VecDeque::new()),
@@ -144,34 +156,45 @@ impl Subs {
     }
 
     /// Adds a stream whose head was sent; its place in the cap must be reserved. It first gets
-    /// the replay (if it resumes), then `id: <position>`, then live events.
+    /// the replay (if it resumes), then `id: <position>`, then live events. When this node's
+    /// history cannot complete the replay and an engine can, the stream joins now (so live events
+    /// queue on it) but is held until the engine's replay comes back to be put in front of them.
     pub fn open(&self, stream: TcpStream, sub: Subscription) {
         let position = self.position.get();
+        let serial = self.serial.get() + 1;
+        self.serial.set(serial);
+        let mut held = None;
         let mut queue = VecDeque::new();
         if let Some(last) = sub.last_event_id.as_deref() {
             let replay = self.hub.replay(&sub.channels, last, position);
-            if let Some(why) = replay.reset {
-                self.stats.inc(&self.stats.replay_resets);
-                tracing::debug!(reason = why.as_str(), last_event_id = %String::from_utf8_lossy(last),
-                    "resume incomplete: ringcast-reset");
-                queue.push_back(reset_frame(why, last, position, replay.events.len()));
+            let after = EventId::parse(last).ok();
+            match (&self.engine, replay.reset, after) {
+                (
+                    Some((engine, reply)),
+                    Some(ResetReason::Evicted | ResetReason::BeforeStart),
+                    Some(after),
+                ) => {
+                    held = Some((engine.clone(), reply.clone(), after, replay));
+                }
+                _ => queue = self.opening(replay, last, position),
             }
-            self.stats
-                .add(&self.stats.events_replayed, replay.events.len() as u64);
-            queue.extend(replay.events.iter().map(|e| e.frame.clone()));
+        } else {
+            queue.push_back(position_frame(position));
         }
-        queue.push_back(position_frame(position));
         let queued: usize = queue.iter().map(Bytes::len).sum();
 
         let mut slab = self.slab.borrow_mut();
         let entry = slab.vacant_entry();
         let key = entry.key();
         let member_of = self.index.borrow_mut().join(&sub.channels, key);
+        let ready = held.is_none();
         entry.insert(Sub {
             fd: stream.as_raw_fd(),
             stream: Some(stream),
             state: Abort::Open,
-            ready: true,
+            ready,
+            held: !ready,
+            serial,
             skips: 0,
             stamp: self.stamp.get(),
             queued,
@@ -179,10 +202,69 @@ impl Subs {
             queue,
             member_of,
         });
-        self.ready.borrow_mut().push_back(key);
+        drop(slab);
         self.stats.stream_opened();
         self.stats.inc(&self.stats.channel_streams_open);
-        self.notify.notify();
+        match held {
+            None => {
+                self.ready.borrow_mut().push_back(key);
+                self.notify.notify();
+            }
+            Some((engine, reply, after, local)) => engine.replay(ReplayJob {
+                channels: sub.channels,
+                after,
+                upto: position,
+                local,
+                key,
+                serial,
+                reply,
+            }),
+        }
+    }
+
+    /// The frames a resuming stream opens with: the reset (if any), the replay, the position.
+    fn opening(&self, replay: Replay, last: &[u8], position: EventId) -> VecDeque<Bytes> {
+        let mut queue = VecDeque::new();
+        if let Some(why) = replay.reset {
+            self.stats.inc(&self.stats.replay_resets);
+            tracing::debug!(reason = why.as_str(), last_event_id = %String::from_utf8_lossy(last),
+                "resume incomplete: ringcast-reset");
+            queue.push_back(reset_frame(why, last, position, replay.events.len()));
+        }
+        self.stats
+            .add(&self.stats.events_replayed, replay.events.len() as u64);
+        queue.extend(replay.events.iter().map(|e| e.frame.clone()));
+        queue.push_back(position_frame(position));
+        queue
+    }
+
+    /// The engine's answer for a held stream: its replay goes in front of the live events that
+    /// queued meanwhile, and the stream is released.
+    pub fn finish_replay(&self, done: ReplayDone) {
+        let mut slab = self.slab.borrow_mut();
+        let Some(sub) = slab.get_mut(done.key) else {
+            return;
+        };
+        if sub.serial != done.serial || !sub.held {
+            return; // that stream is gone (its key was reused)
+        }
+        sub.held = false;
+        if sub.state != Abort::Open {
+            return;
+        }
+        let last = done.after.to_string();
+        let opening = self.opening(done.replay, last.as_bytes(), done.upto);
+        let bytes: usize = opening.iter().map(Bytes::len).sum();
+        for frame in opening.into_iter().rev() {
+            sub.queue.push_front(frame);
+        }
+        sub.queued += bytes;
+        sub.replay_left += bytes;
+        if sub.stream.is_some() && !sub.ready {
+            sub.ready = true;
+            self.ready.borrow_mut().push_back(done.key);
+            self.notify.notify();
+        }
     }
 
     /// Queues a published event on every stream of its channels on this core (once per stream).
@@ -223,7 +305,7 @@ impl Subs {
         }
         sub.queued += frame.len();
         sub.queue.push_back(frame);
-        if sub.stream.is_some() && !sub.ready {
+        if sub.stream.is_some() && !sub.ready && !sub.held {
             sub.ready = true;
             ready.push_back(key);
         }
@@ -286,6 +368,9 @@ impl Subs {
                 continue; // a stale entry of a key that was reused
             }
             sub.ready = false;
+            if sub.held && sub.state == Abort::Open {
+                continue; // released by `finish_replay`
+            }
             if let Abort::Closing(why) = sub.state {
                 if sub.stream.is_some() {
                     self.remove(&mut slab, key, why);
@@ -320,7 +405,7 @@ impl Subs {
                 self.stats.add(&self.stats.bytes_sent, n as u64);
                 sub.stream = Some(stream);
                 sub.skips = 0;
-                if !sub.queue.is_empty() {
+                if !sub.queue.is_empty() && !sub.held {
                     sub.ready = true;
                     self.ready.borrow_mut().push_back(key);
                 }

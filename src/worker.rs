@@ -18,6 +18,7 @@ use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 
 use crate::config::{Config, DriverChoice};
 use crate::conn::{self, Core};
+use crate::engine::Engine;
 use crate::hub::{Hub, Inbox};
 use crate::metrics::WorkerStats;
 use crate::streams::{StreamCap, Streams, Walker};
@@ -60,6 +61,7 @@ pub struct Spec {
     pub cap: Arc<StreamCap>,
     pub stats: Arc<WorkerStats>,
     pub hub: Arc<Hub>,
+    pub engine: Option<Arc<Engine>>,
     pub inbox: Inbox,
     pub started: mpsc::Sender<Result<Started, String>>,
     pub stop: oneshot::Receiver<()>,
@@ -147,6 +149,7 @@ pub fn run(spec: Spec) {
         cap,
         stats,
         hub,
+        engine,
         inbox,
         started,
         stop,
@@ -188,8 +191,16 @@ pub fn run(spec: Spec) {
         }));
 
         let streams = Rc::new(Streams::new(cap.clone(), stats.clone()));
+        let (engine, replays) = match engine {
+            Some(e) => {
+                let (tx, rx) = futures::channel::mpsc::unbounded();
+                (Some((e, tx)), Some(rx))
+            }
+            None => (None, None),
+        };
         let subs = Rc::new(Subs::new(
             hub,
+            engine,
             cap.clone(),
             stats.clone(),
             cfg.max_queued_bytes,
@@ -204,7 +215,7 @@ pub fn run(spec: Spec) {
         ));
         let walker = Walker::new(streams.clone(), subs.clone(), stats.clone(), &cfg);
         let accepting = std::pin::pin!(accept_loop(id, listener, core));
-        let walking = std::pin::pin!(walker.run(inbox));
+        let walking = std::pin::pin!(walker.run(inbox, replays));
         let serving = select(accepting, walking);
         // Shutdown drops the accept loop, the listener and every in-flight write with it.
         if let Either::Right(_) = select(stop, serving).await {

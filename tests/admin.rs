@@ -100,7 +100,12 @@ fn metrics_count_what_happened(driver: &str) {
     assert!(m.contains(",kernel=\""));
 
     let h = get(admin, "/healthz");
-    assert!(h.starts_with("HTTP/1.1 200 ") && h.ends_with("ok\n"), "{h}");
+    assert!(h.starts_with("HTTP/1.1 200 "), "{h}");
+    let health: serde_json::Value =
+        serde_json::from_str(h.split_once("\r\n\r\n").unwrap().1).unwrap();
+    assert_eq!(health["status"], "ok", "{h}");
+    assert_eq!(health["workers"]["running"], 2, "{h}");
+    assert_eq!(health["engine"]["kind"], "local", "{h}");
     let info = get(admin, "/info");
     let body = &info[info.find("\r\n\r\n").unwrap() + 4..];
     let v: serde_json::Value = serde_json::from_str(body).unwrap();
