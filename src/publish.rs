@@ -167,7 +167,8 @@ mod tests {
     #[test]
     fn a_publish_names_channels_and_an_optional_type() {
         let p = check(b"channel=a&channel=b%3Ax&channel=a", b"hi", L).unwrap();
-        assert_eq!(&*p.channels, &["a".into(), "b:x".into()]);
+        let want: [Box<str>; 2] = ["a".into(), "b:x".into()];
+        assert_eq!(&*p.channels, &want);
         assert_eq!((p.event.as_str(), p.data.as_str()), ("message", "hi"));
         let p = check(b"event=score&channel=a", b"1\n2", L).unwrap();
         assert_eq!(p.event, "score");

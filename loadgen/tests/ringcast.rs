@@ -1,8 +1,11 @@
 //! End-to-end tests against the real `ringcast` server of this workspace, started on
 //! port 0 with a short interval (250 ms for 2,000 streams: at 100 ms two debug builds
-//! sharing two cores can fall behind, and the server then rightly skips ticks). They need the server binary next to the loadgen's
-//! (`cargo build --workspace` or `cargo build -p ringcast --bin ringcast` builds it) and
-//! skip with a message when it is missing.
+//! sharing two cores can fall behind, and the server then rightly skips ticks), and a
+//! publish run (200 streams on 5 channels, 50 events/s through the admin `POST /publish`,
+//! every stream reconnecting each second) that must see every event exactly once. They need
+//! the server binary next to the loadgen's (`cargo build --workspace` or
+//! `cargo build -p ringcast --bin ringcast` builds it) and skip with a message when it is
+//! missing.
 
 mod support;
 
@@ -110,6 +113,93 @@ fn two_thousand_streams_get_every_event() {
         assert_eq!(run["server"]["info"]["name"], "ringcast", "{stdout}");
         assert_eq!(r["notes"].as_array().map(Vec::len), Some(1), "{stdout}");
     }
+}
+
+#[test]
+fn published_events_reach_every_subscriber_once_across_reconnects() {
+    let test = "published_events_reach_every_subscriber_once_across_reconnects";
+    let Some(bin) = server_or_skip(test) else {
+        return;
+    };
+    let _serial = serial();
+    let server = Ringcast::start(&bin, 0, &["--workers", "2"]);
+    let Some(publish) = server.publish_url() else {
+        eprintln!("{test}: skipped, this ringcast build has no publish API");
+        return;
+    };
+    let pid = server.pid().to_string();
+    let url = format!("{}events", server.url());
+    let (r, stdout) = run_loadgen(
+        &[
+            "--url",
+            &url,
+            "-c",
+            "200",
+            "--rate",
+            "1000",
+            "--duration",
+            "4s",
+            "--warmup",
+            "500ms",
+            "--channels",
+            "5",
+            "--publish",
+            &publish,
+            "--publish-rate",
+            "50",
+            "--reconnect-every",
+            "1s",
+            // ends as soon as every stream has the newest event of its channel
+            "--drain",
+            "30s",
+            "--server-pid",
+            &pid,
+        ],
+        LIMIT,
+    );
+    // every attempt, first ones and reconnections, opened a stream
+    assert!(counter(&r, "opened") >= 200, "{stdout}");
+    assert_eq!(counter(&r, "opened"), counter(&r, "attempted"), "{stdout}");
+    assert_eq!(
+        r["counters"]["failed"].as_object().map_or(0, |m| m.len()),
+        0,
+        "{stdout}"
+    );
+    let ok = counter(&r, "published_ok");
+    assert!(ok > 0, "{stdout}");
+    assert!(
+        r["counters"]["publish_errors"]
+            .as_object()
+            .unwrap()
+            .is_empty(),
+        "{stdout}"
+    );
+    assert_eq!(counter(&r, "published_without_id"), 0, "{stdout}");
+    assert!(counter(&r, "scheduled_reconnects") > 0, "{stdout}");
+    assert!(counter(&r, "publish_expected") > 0, "{stdout}");
+    assert_eq!(counter(&r, "publish_missed"), 0, "{stdout}");
+    assert_eq!(counter(&r, "publish_duplicated"), 0, "{stdout}");
+    assert_eq!(counter(&r, "publish_unexpected"), 0, "{stdout}");
+    assert_eq!(
+        counter(&r, "publish_received"),
+        counter(&r, "publish_expected"),
+        "{stdout}"
+    );
+    // 4 s at 50/s over 5 channels stays far inside the history: nothing to reset
+    assert_eq!(counter(&r, "publish_resets"), 0, "{stdout}");
+    assert!(
+        r["percentiles"]["publish_delivery"]["count"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "{stdout}"
+    );
+    assert!(
+        r["runs"][0]["resources"]["derived"]["server_cpu_us_per_publish_event"]
+            .as_f64()
+            .is_some(),
+        "{stdout}"
+    );
 }
 
 #[test]

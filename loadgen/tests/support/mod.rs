@@ -597,6 +597,7 @@ fn has_admin_listener(binary: &PathBuf) -> bool {
 /// A running `ringcast` on 127.0.0.1 (killed when dropped).
 pub struct Ringcast {
     pub child: Child,
+    binary: PathBuf,
     pub port: u16,
     /// The admin `/info` URL, when the server has an admin listener.
     pub info_url: Option<String>,
@@ -682,6 +683,7 @@ impl Ringcast {
         let info_url = admin_url.lock().unwrap().clone();
         Ok(Ringcast {
             child,
+            binary: binary.clone(),
             port,
             info_url,
             log: seen,
@@ -694,6 +696,15 @@ impl Ringcast {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The admin `POST /publish` URL, when this build has the publish API.
+    pub fn publish_url(&self) -> Option<String> {
+        let admin = self.info_url.as_deref()?.strip_suffix("/info")?;
+        let help = Command::new(&self.binary).arg("--help").output().ok()?;
+        String::from_utf8_lossy(&help.stdout)
+            .contains("--publish-token")
+            .then(|| format!("{admin}/publish"))
     }
 
     /// Ticks the server logged as missed for all its streams (`ticks missed ... from=A
