@@ -586,8 +586,11 @@ impl ReplayJob {
     }
 }
 
+/// A stream entry: its id and its field/value pairs.
+type Entry = (EventId, Vec<(Vec<u8>, Vec<u8>)>);
+
 /// `XREAD` reply → entries of our one stream.
-fn stream_entries(reply: Value) -> Vec<(EventId, Vec<(Vec<u8>, Vec<u8>)>)> {
+fn stream_entries(reply: Value) -> Vec<Entry> {
     let streams = match reply {
         Value::Array(s) => s,
         Value::Map(m) => m
@@ -606,7 +609,7 @@ fn stream_entries(reply: Value) -> Vec<(EventId, Vec<(Vec<u8>, Vec<u8>)>)> {
 }
 
 /// `XRANGE` reply → (id, field/value pairs).
-fn range_entries(reply: Value) -> Vec<(EventId, Vec<(Vec<u8>, Vec<u8>)>)> {
+fn range_entries(reply: Value) -> Vec<Entry> {
     let Value::Array(entries) = reply else {
         return Vec::new();
     };
