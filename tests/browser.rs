@@ -30,6 +30,59 @@ both_drivers!(
     channel_subscriber_cut_off_gets_what_was_published_meanwhile,
 );
 
+#[test]
+fn an_event_published_on_node_b_reaches_a_browser_on_node_a() {
+    let test = "an_event_published_on_node_b_reaches_a_browser_on_node_a";
+    let Some(redis) = RedisServer::start(test, false) else {
+        return;
+    };
+    let page = PageServer::start();
+    let url = redis.url();
+    let a = TestServer::start("auto", &["--redis", &url]);
+    let b = TestServer::start("auto", &["--redis", &url]);
+    let Some(browser) = Browser::start(test) else {
+        return;
+    };
+    browser.goto(&format!("{}/", page.origin()));
+    browser.watch(
+        "s",
+        &format!("http://{}/events?channel=news", a.addr),
+        false,
+    );
+    browser.wait_for("s", "open", |log| {
+        (!of_type(log, "open").is_empty()).then_some(())
+    });
+    let deadline = Instant::now() + PATIENCE;
+    while metric(&a, "channel_streams_open") < 1.0 {
+        assert!(Instant::now() < deadline, "the stream never opened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let id = publish_retrying_on(&b, "from node b");
+    let log = browser.wait_for("s", "the event from node b", |log| {
+        (!of_type(log, "message").is_empty()).then(|| log.to_vec())
+    });
+    let m = of_type(&log, "message")[0];
+    assert_eq!(m["data"], "from node b", "{log:?}");
+    assert_eq!(m["lastEventId"], id.as_str(), "{log:?}");
+}
+
+/// Publishes `data` on channel `news` of `server`, retrying while Redis is not joined yet (503).
+fn publish_retrying_on(server: &TestServer, data: &str) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (status, body) = publish(server, "channel=news", data);
+        if status == 201 {
+            let v: Value = serde_json::from_str(&body).unwrap();
+            return v["id"].as_str().unwrap().to_owned();
+        }
+        assert!(
+            status == 503 && Instant::now() < deadline,
+            "{status} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Messages a stream must deliver before a test moves on.
 const WANTED: usize = 4;
 
@@ -533,16 +586,7 @@ fn channel_subscriber_cut_off_gets_what_was_published_meanwhile(driver: &str) {
     let Some(browser) = Browser::start(test) else {
         return;
     };
-    let publish = |data: &str| -> String {
-        let raw = format!(
-            "POST /publish?channel=news HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{data}",
-            data.len()
-        );
-        let resp = request(server.admin.unwrap(), raw.as_bytes());
-        assert!(resp.starts_with("HTTP/1.1 201 "), "{resp}");
-        let v: Value = serde_json::from_str(resp.split_once("\r\n\r\n").unwrap().1).unwrap();
-        v["id"].as_str().unwrap().to_owned()
-    };
+    let publish = |data: &str| publish_ok(&server, "channel=news", data);
     browser.goto(&format!("{}/", page.origin()));
     browser.watch(
         "s",

@@ -7,7 +7,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -26,91 +26,6 @@ both_drivers!(
     publishing_needs_the_token_when_one_is_set,
     bad_subscribe_and_publish_requests_get_their_status,
 );
-
-/// One admin request on a fresh connection: (status, body).
-fn publish_raw(admin: SocketAddr, raw: &[u8]) -> (u16, String) {
-    let resp = request(admin, raw);
-    let status = resp[9..12].parse().unwrap();
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned());
-    (status, body.unwrap_or_default())
-}
-
-/// POST /publish?{query} with `data`: (status, body).
-fn publish(server: &TestServer, query: &str, data: &str) -> (u16, String) {
-    let admin = server.admin.expect("admin listener");
-    let raw = format!(
-        "POST /publish?{query} HTTP/1.1\r\nHost: admin\r\nContent-Length: {}\r\n\r\n{data}",
-        data.len()
-    );
-    publish_raw(admin, raw.as_bytes())
-}
-
-/// Publishes and returns the id the server gave.
-fn publish_ok(server: &TestServer, query: &str, data: &str) -> String {
-    let (status, body) = publish(server, query, data);
-    assert_eq!(status, 201, "{body}");
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    v["id"].as_str().unwrap().to_owned()
-}
-
-fn id_key(id: &str) -> (u64, u64) {
-    let (ms, seq) = id
-        .split_once('-')
-        .unwrap_or_else(|| panic!("<ms>-<seq>: {id}"));
-    (ms.parse().unwrap(), seq.parse().unwrap())
-}
-
-/// A channel stream as a browser would keep it: the last event id it saw.
-struct Sub {
-    c: SseClient,
-    last_id: Option<String>,
-}
-
-impl Sub {
-    fn open(addr: SocketAddr, query: &str, last_event_id: Option<&str>) -> Sub {
-        let lei = last_event_id
-            .map(|id| format!("Last-Event-ID: {id}\r\n"))
-            .unwrap_or_default();
-        let req = format!(
-            "GET /events?{query} HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n{lei}\r\n"
-        );
-        let c = SseClient::open_with(connect(addr), &req);
-        assert!(c.head.starts_with("HTTP/1.1 200 OK\r\n"), "{}", c.head);
-        Sub {
-            c,
-            last_id: last_event_id.map(str::to_owned),
-        }
-    }
-
-    /// The next block: event, position (`id:` only) or heartbeat (empty). Tracks the last id.
-    fn next(&mut self) -> Event {
-        let e = self.c.next_event().expect("stream open");
-        if let Some(id) = &e.id {
-            self.last_id = Some(id.clone());
-        }
-        e
-    }
-
-    /// The next event with data (skipping positions and heartbeats).
-    fn next_event(&mut self) -> Event {
-        loop {
-            let e = self.next();
-            if !e.data.is_empty() {
-                return e;
-            }
-        }
-    }
-
-    /// The position frame a fresh stream starts with.
-    fn position(&mut self) -> String {
-        let e = self.next();
-        assert!(
-            e.data.is_empty() && e.event.is_none(),
-            "position first: {e:?}"
-        );
-        e.id.expect("id: <position>")
-    }
-}
 
 fn subscribe_publish_round_trip(driver: &str) {
     let server = TestServer::start(driver, &[]);

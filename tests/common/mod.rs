@@ -212,6 +212,12 @@ impl TestServer {
         self.child.id()
     }
 
+    /// SIGKILL, and wait for the process to be gone (a node that dies).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn signal(&self, sig: i32) {
         unsafe { libc::kill(self.child.id() as i32, sig) };
     }
@@ -598,5 +604,215 @@ pub fn assert_hello_with_increasing_ids(messages: &[&serde_json::Value]) {
             message_id(w[1]) > message_id(w[0]),
             "ids increase: {messages:?}"
         );
+    }
+}
+
+// ---- a real redis-server (Debian's), for the cluster tests ----
+
+/// A `redis-server` on a free loopback port, in its own directory, stopped on drop. Persistence
+/// is off unless asked for (`aof`). Without the program the tests skip (or fail when clients are
+/// required: CI installs it).
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    dir: std::path::PathBuf,
+    aof: bool,
+}
+
+impl RedisServer {
+    /// `None` (after saying why) when redis-server is missing and not required.
+    pub fn start(test: &str, aof: bool) -> Option<RedisServer> {
+        client_or_skip(
+            test,
+            find_program(&["redis-server"]),
+            "redis-server is not on PATH (Debian: apt-get install redis-server)",
+        )?;
+        static DIRS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "ringcast-redis-{}-{}",
+            std::process::id(),
+            DIRS.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut r = RedisServer {
+            child: None,
+            port,
+            dir,
+            aof,
+        };
+        r.restart();
+        Some(r)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Starts it (again, on the same port and directory) and waits until it answers PING.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", if self.aof { "yes" } else { "no" }])
+            .args(["--appendfsync", "always"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only an async-signal-safe call between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                })
+            };
+        }
+        self.child = Some(cmd.spawn().expect("spawn redis-server"));
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if self.ping() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer PING"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether it answers PING now.
+    pub fn ping(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut buf = [0u8; 16];
+        s.write_all(b"PING\r\n").is_ok()
+            && matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
+    }
+
+    /// Stops it: with `SHUTDOWN` (persisting the AOF) or by SIGKILL, waiting until it is gone.
+    pub fn stop(&mut self, graceful: bool) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if graceful {
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        } else {
+            let _ = child.kill();
+        }
+        let _ = child.wait();
+    }
+
+    /// Stops it and throws its data away (a Redis that comes back empty).
+    pub fn wipe(&mut self) {
+        self.stop(false);
+        let _ = std::fs::remove_dir_all(&self.dir);
+        std::fs::create_dir_all(&self.dir).unwrap();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop(false);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+// ---- channels: publishing on the admin listener, and channel streams ----
+
+/// One admin request on a fresh connection: (status, body).
+pub fn publish_raw(admin: SocketAddr, raw: &[u8]) -> (u16, String) {
+    let resp = request(admin, raw);
+    let status = resp[9..12].parse().unwrap();
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned());
+    (status, body.unwrap_or_default())
+}
+
+/// POST /publish?{query} with `data`: (status, body).
+pub fn publish(server: &TestServer, query: &str, data: &str) -> (u16, String) {
+    let admin = server.admin.expect("admin listener");
+    let raw = format!(
+        "POST /publish?{query} HTTP/1.1\r\nHost: admin\r\nContent-Length: {}\r\n\r\n{data}",
+        data.len()
+    );
+    publish_raw(admin, raw.as_bytes())
+}
+
+/// Publishes and returns the id the server gave.
+pub fn publish_ok(server: &TestServer, query: &str, data: &str) -> String {
+    let (status, body) = publish(server, query, data);
+    assert_eq!(status, 201, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["id"].as_str().unwrap().to_owned()
+}
+
+pub fn id_key(id: &str) -> (u64, u64) {
+    let (ms, seq) = id
+        .split_once('-')
+        .unwrap_or_else(|| panic!("<ms>-<seq>: {id}"));
+    (ms.parse().unwrap(), seq.parse().unwrap())
+}
+
+/// A channel stream as a browser would keep it: the last event id it saw.
+pub struct Sub {
+    pub c: SseClient,
+    pub last_id: Option<String>,
+}
+
+impl Sub {
+    pub fn open(addr: SocketAddr, query: &str, last_event_id: Option<&str>) -> Sub {
+        let lei = last_event_id
+            .map(|id| format!("Last-Event-ID: {id}\r\n"))
+            .unwrap_or_default();
+        let req = format!(
+            "GET /events?{query} HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n{lei}\r\n"
+        );
+        let c = SseClient::open_with(connect(addr), &req);
+        assert!(c.head.starts_with("HTTP/1.1 200 OK\r\n"), "{}", c.head);
+        Sub {
+            c,
+            last_id: last_event_id.map(str::to_owned),
+        }
+    }
+
+    /// The next block: event, position (`id:` only) or heartbeat (empty). Tracks the last id.
+    pub fn next(&mut self) -> Event {
+        let e = self.c.next_event().expect("stream open");
+        if let Some(id) = &e.id {
+            self.last_id = Some(id.clone());
+        }
+        e
+    }
+
+    /// The next event with data (skipping positions and heartbeats).
+    pub fn next_event(&mut self) -> Event {
+        loop {
+            let e = self.next();
+            if !e.data.is_empty() {
+                return e;
+            }
+        }
+    }
+
+    /// The position frame a fresh stream starts with.
+    pub fn position(&mut self) -> String {
+        let e = self.next();
+        assert!(
+            e.data.is_empty() && e.event.is_none(),
+            "position first: {e:?}"
+        );
+        e.id.expect("id: <position>")
     }
 }
