@@ -713,3 +713,117 @@ mod event_tests {
         assert_eq!(s.rec.histograms.gap.len(), 1);
     }
 }
+
+#[cfg(test)]
+mod channel_event_tests {
+    use std::time::Instant;
+
+    use super::on_channel_event;
+    use crate::channels::{Channels, EventId, Tally};
+    use crate::metrics::Recorder;
+    use crate::parser::Event;
+
+    const MS: u64 = 1_700_000_000_000;
+
+    fn event<'a>(event_type: &'a str, data: &'a str, id: &'a str, own: bool) -> Event<'a> {
+        Event {
+            event_type,
+            data,
+            last_event_id: id,
+            has_own_id: own,
+        }
+    }
+
+    #[test]
+    fn latency_from_the_id_accounting_resets_and_ticks() {
+        let channels = Channels::new(1);
+        for seq in 0..3 {
+            channels.record(0, EventId { ms: MS, seq });
+        }
+        let mut tally = Tally::new(0);
+        tally.on_head();
+        tally.on_position(&format!("{}-0", MS - 1));
+        let mut rec = Recorder::default();
+        let mut at = None;
+        let now = Instant::now();
+        let wall = MS * 1000 + 2500;
+        let id0 = format!("{MS}-0");
+        let e = event("message", "e0", &id0, true);
+        assert!(on_channel_event(
+            &mut rec, e, now, wall, true, false, &channels, &mut tally, &mut at
+        ));
+        let h = &rec.histograms.publish_delivery;
+        assert_eq!(
+            (h.len(), h.max()),
+            (1, h.highest_equivalent(2500)),
+            "receive time minus the id's milliseconds"
+        );
+        assert_eq!(rec.histograms.delivery.len(), 0);
+        // a reset (no id line of its own) is counted, not taken as a published event
+        let reset = event("ringcast-reset", "{\"reason\":\"evicted\"}", &id0, false);
+        assert!(on_channel_event(
+            &mut rec, reset, now, wall, true, false, &channels, &mut tally, &mut at
+        ));
+        assert_eq!(rec.counters.publish_resets, 1);
+        assert_eq!((rec.counters.events, rec.counters.publish_events), (2, 1));
+        // a tick on a channel stream is left to the tick accounting
+        let tick = event("message", "hello", "850000000", true);
+        assert!(!on_channel_event(
+            &mut rec, tick, now, wall, true, false, &channels, &mut tally, &mut at
+        ));
+        // after the reset, the next event starts the expectation again
+        let id2 = format!("{MS}-2");
+        let e = event("message", "e2", &id2, true);
+        on_channel_event(
+            &mut rec, e, now, wall, false, false, &channels, &mut tally, &mut at,
+        );
+        assert_eq!(
+            rec.histograms.publish_delivery.len(),
+            1,
+            "warmup: not recorded"
+        );
+        let f = tally.finish(&channels.list(0));
+        assert_eq!((f.expected, f.received, f.missed), (2, 2, 0));
+    }
+
+    #[test]
+    fn latency_from_the_data_when_ids_are_the_servers_own() {
+        let channels = Channels::new(1);
+        let mut tally = Tally::new(0);
+        tally.on_head();
+        let mut rec = Recorder::default();
+        let mut at = None;
+        let sent = MS * 1000;
+        let data = format!("{sent} e7");
+        let e = event("message", &data, "1450755280:0", true);
+        assert!(on_channel_event(
+            &mut rec,
+            e,
+            Instant::now(),
+            sent + 700,
+            true,
+            true,
+            &channels,
+            &mut tally,
+            &mut at
+        ));
+        let h = &rec.histograms.publish_delivery;
+        assert_eq!((h.len(), h.max()), (1, h.highest_equivalent(700)));
+        // data without a timestamp: counted, no latency
+        let e = event("message", "hello", "1450755280:1", true);
+        on_channel_event(
+            &mut rec,
+            e,
+            Instant::now(),
+            sent,
+            true,
+            true,
+            &channels,
+            &mut tally,
+            &mut at,
+        );
+        assert_eq!(rec.counters.publish_events, 2);
+        assert_eq!(rec.counters.unnumbered_events, 1);
+        assert_eq!(tally.finish(&channels.list(0)).expected, 0);
+    }
+}

@@ -100,6 +100,7 @@ impl Plan {
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub counters: Counters,
+    /// The tick delivery histogram, or in publish mode the publish_delivery one.
     pub delivery: Histogram<u64>,
 }
 
@@ -254,10 +255,7 @@ pub fn start(plan: Arc<Plan>, live: Arc<Live>) -> Result<Vec<JoinHandle<CoreResu
             .name(format!("loadgen-core-{core}"))
             .spawn(move || {
                 let mut rt = match build_runtime(plan.driver, plan.ring_entries) {
-                    Ok(rt) => {
-                        let _ = ready.send(Ok(()));
-                        rt
-                    }
+                    Ok(rt) => rt,
                     Err(e) => {
                         let _ = ready.send(Err(e));
                         return CoreResult {
@@ -269,7 +267,12 @@ pub fn start(plan: Arc<Plan>, live: Arc<Live>) -> Result<Vec<JoinHandle<CoreResu
                         };
                     }
                 };
-                rt.block_on(run_core(core, plan, live))
+                // The fixed allocations come before the ready signal, so the baseline
+                // sample that follows it holds them.
+                let recorder = Recorder::default();
+                let slots = slots_for(core, &plan);
+                let _ = ready.send(Ok(()));
+                rt.block_on(run_core(core, plan, live, recorder, slots))
             })
             .map_err(|e| format!("spawning core thread: {e}"))?;
         handles.push(handle);
@@ -291,22 +294,31 @@ async fn sleep_until(at: Instant) {
     }
 }
 
-async fn run_core(index: usize, plan: Arc<Plan>, live: Arc<Live>) -> CoreResult {
-    let slots = if plan.uses_slots() {
-        let count = plan.channels.as_ref().map_or(1, |c| c.len().max(1));
-        (index..plan.connections)
-            .step_by(plan.threads)
-            .map(|k| Slot {
-                tally: Tally::new(k % count),
-                ..Slot::default()
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
+/// The slot table of core `index`: one slot per connection it owns, when the plan uses them.
+fn slots_for(index: usize, plan: &Plan) -> Vec<Slot> {
+    if !plan.uses_slots() {
+        return Vec::new();
+    }
+    let count = plan.channels.as_ref().map_or(1, |c| c.len().max(1));
+    (index..plan.connections)
+        .step_by(plan.threads)
+        .map(|k| Slot {
+            tally: Tally::new(k % count),
+            ..Slot::default()
+        })
+        .collect()
+}
+
+async fn run_core(
+    index: usize,
+    plan: Arc<Plan>,
+    live: Arc<Live>,
+    recorder: Recorder,
+    slots: Vec<Slot>,
+) -> CoreResult {
     let core = Rc::new(Core {
         plan: plan.clone(),
-        rec: RefCell::new(Recorder::default()),
+        rec: RefCell::new(recorder),
         sockets: RefCell::new(Slab::new()),
         stopping: Cell::new(false),
         stopped_at: Cell::new(plan.end),
@@ -448,7 +460,11 @@ fn publish(live: &Live, index: usize, core: &Core) {
         index,
         Snapshot {
             counters: rec.counters.clone(),
-            delivery: rec.histograms.delivery.clone(),
+            delivery: if core.plan.channels.is_some() {
+                rec.histograms.publish_delivery.clone()
+            } else {
+                rec.histograms.delivery.clone()
+            },
         },
     );
 }

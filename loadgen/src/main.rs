@@ -257,10 +257,13 @@ fn run(args: RunArgs) -> Result<(), String> {
             timeout: args.connect_timeout,
         })
     });
+    // Started (waiting for the ramp's end) before the baseline sample, like the cores, so
+    // that their fixed allocations are not counted per connection.
     let publishers = match (&publish_plan, &channels) {
-        (Some(pp), Some(ch)) => publish::start(pp.clone(), ch.clone(), live.clone())?,
-        _ => Vec::new(),
+        (Some(pp), Some(ch)) => Some(publish::start(pp.clone(), ch.clone(), live.clone())?),
+        _ => None,
     };
+
     let mut resources = Resources {
         server_pid: args.server_pid,
         baseline: probe::sample(args.server_pid, 0, 0),
@@ -270,11 +273,8 @@ fn run(args: RunArgs) -> Result<(), String> {
     let early = monitor::watch(&args, &plan, &live, &mut resources, &interrupted);
 
     let mut recorder = Recorder::default();
-    for h in publishers {
-        let r = h
-            .join()
-            .map_err(|_| "a publisher thread panicked".to_string())?;
-        recorder.add(&r);
+    if let Some(publishers) = publishers {
+        recorder.add(&publishers.join()?);
     }
     let mut drivers = Vec::new();
     let mut banner = None;

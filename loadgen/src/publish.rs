@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -299,23 +299,49 @@ impl Drop for Finish<'_> {
     }
 }
 
-/// Starts the publisher threads; each hands back its recorder (publish counters and the
-/// `publish_request` / `publish_send` histograms) when it ends.
+/// The running publishers and what they record together (one recorder for all of them:
+/// its histograms are a fixed cost, not to be paid per thread).
+pub struct Publishers {
+    handles: Vec<JoinHandle<()>>,
+    recorder: Arc<Mutex<Recorder>>,
+}
+
+impl Publishers {
+    /// Waits for the publishers to finish; returns the publish counters and the
+    /// `publish_request` / `publish_send` histograms.
+    pub fn join(self) -> Result<Recorder, String> {
+        for h in self.handles {
+            h.join()
+                .map_err(|_| "a publisher thread panicked".to_string())?;
+        }
+        let rec = self.recorder.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(rec.clone())
+    }
+}
+
+/// Starts the publisher threads (they wait for the plan's start).
 pub fn start(
     plan: Arc<PublishPlan>,
     channels: Arc<Channels>,
     live: Arc<Live>,
-) -> Result<Vec<JoinHandle<Recorder>>, String> {
+) -> Result<Publishers, String> {
     let next = Arc::new(AtomicU64::new(0));
+    let recorder = Arc::new(Mutex::new(Recorder::default()));
     channels
         .publishers_running
         .store(plan.publishers, Ordering::SeqCst);
     let mut handles = Vec::with_capacity(plan.publishers);
     for p in 0..plan.publishers {
-        let (pp, ch, lv, next) = (plan.clone(), channels.clone(), live.clone(), next.clone());
+        let (pp, ch, lv, next, rec) = (
+            plan.clone(),
+            channels.clone(),
+            live.clone(),
+            next.clone(),
+            recorder.clone(),
+        );
         let spawned = std::thread::Builder::new()
             .name(format!("loadgen-publisher-{p}"))
-            .spawn(move || publisher(&pp, &ch, &next, &lv));
+            .spawn(move || publisher(&pp, &ch, &next, &lv, &rec));
         match spawned {
             Ok(h) => handles.push(h),
             Err(e) => {
@@ -333,16 +359,21 @@ pub fn start(
             }
         }
     }
-    Ok(handles)
+    Ok(Publishers { handles, recorder })
 }
 
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
-fn publisher(plan: &PublishPlan, channels: &Channels, next: &AtomicU64, live: &Live) -> Recorder {
+fn publisher(
+    plan: &PublishPlan,
+    channels: &Channels,
+    next: &AtomicU64,
+    live: &Live,
+    recorder: &Mutex<Recorder>,
+) {
     let _finish = Finish(channels);
-    let mut rec = Recorder::default();
     let mut client = Client::new(plan.target.addr, plan.timeout);
     let count = channels.len().max(1) as u64;
     loop {
@@ -353,7 +384,7 @@ fn publisher(plan: &PublishPlan, channels: &Channels, next: &AtomicU64, live: &L
         loop {
             let now = Instant::now();
             if live.stop_requested() {
-                return rec;
+                return;
             }
             if now >= due {
                 break;
@@ -374,15 +405,23 @@ fn publisher(plan: &PublishPlan, channels: &Channels, next: &AtomicU64, live: &L
         let sent = Instant::now();
         let outcome = client.post(&req);
         let done = Instant::now();
+        if let Ok(answer) = &outcome {
+            if (200..300).contains(&answer.status) {
+                channels.published_ok.fetch_add(1, Ordering::Relaxed);
+                if let Some(id) = answer.id.as_deref().and_then(EventId::parse) {
+                    channels.record(channel, id);
+                }
+            }
+        }
+        let mut rec = recorder.lock().unwrap_or_else(|e| e.into_inner());
+        let rec = &mut *rec;
         let c = &mut rec.counters;
         c.publish_attempted += 1;
         match outcome {
             Ok(answer) if (200..300).contains(&answer.status) => {
                 c.published_ok += 1;
-                channels.published_ok.fetch_add(1, Ordering::Relaxed);
-                match answer.id.as_deref().and_then(EventId::parse) {
-                    Some(id) => channels.record(channel, id),
-                    None => c.published_without_id += 1,
+                if answer.id.as_deref().and_then(EventId::parse).is_none() {
+                    c.published_without_id += 1;
                 }
                 if due >= plan.measure_from {
                     record(&mut rec.histograms.publish_request, micros(done - due));
@@ -397,7 +436,6 @@ fn publisher(plan: &PublishPlan, channels: &Channels, next: &AtomicU64, live: &L
             Err(kind) => *c.publish_errors.entry(kind.to_string()).or_default() += 1,
         }
     }
-    rec
 }
 
 /// The publish errors as a printable list, e.g. `401 x3, timeout x1`.

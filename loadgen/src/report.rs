@@ -166,19 +166,23 @@ pub fn final_report(r: &RunResult) -> String {
         "events: {}, bytes {}, missed ids {}, duplicates {}, unnumbered {}, early {}, streams ended {}, stalled {}, reconnects {}",
         c.events, c.bytes, c.missed_ids, c.duplicates, c.unnumbered_events, c.early_events, c.streams_ended, c.stalled_streams, c.reconnects
     );
-    if let Some(line) = publish_lines(r) {
-        out.push_str(&line);
+    let publish = publish_lines(r);
+    if let Some(lines) = &publish {
+        out.push_str(lines);
     }
     let f = &r.fanout;
     let ms_of = |v: Option<u64>| v.map_or("n/a".to_string(), |us| format!("{} ms", ms(us)));
-    let _ = writeln!(
-        out,
-        "fan-out spread (first to last stream of one tick, {} ticks): p50 {}, p99 {}, max {}",
-        f.ticks,
-        ms_of(f.spread_p50_us),
-        ms_of(f.spread_p99_us),
-        ms_of(f.spread_max_us)
-    );
+    // Channel streams get no ticks: no fan-out line for them.
+    if publish.is_none() || !f.per_tick.is_empty() {
+        let _ = writeln!(
+            out,
+            "fan-out spread (first to last stream of one tick, {} ticks): p50 {}, p99 {}, max {}",
+            f.ticks,
+            ms_of(f.spread_p50_us),
+            ms_of(f.spread_p99_us),
+            ms_of(f.spread_max_us)
+        );
+    }
     for run in &r.runs {
         let d = &run.resources.derived;
         let open = run.resources.hold_end.map_or(0, |s| s.open);
