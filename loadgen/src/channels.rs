@@ -179,6 +179,9 @@ pub struct Final {
     pub expected: u64,
     pub received: u64,
     pub missed: u64,
+    /// Of the missed, those after the last id the connection received: still due when the
+    /// run ended (late past the drain, or the stream stopped delivering), not holes.
+    pub outstanding: u64,
     pub duplicated: u64,
     pub unexpected: u64,
 }
@@ -307,13 +310,17 @@ impl Tally {
             .iter()
             .map(|&(a, b)| count_between(list, a, Some(b)))
             .sum();
+        let mut outstanding = 0;
         if let Some(start) = self.start {
             expected += count_between(list, start, None);
+            outstanding = count_between(list, self.last.map_or(start, |l| l.max(start)), None);
         }
+        let missed = expected.saturating_sub(self.matched);
         Final {
             expected,
             received: self.matched,
-            missed: expected.saturating_sub(self.matched),
+            missed,
+            outstanding: outstanding.min(missed),
             duplicated: self.duplicated,
             unexpected: self.unexpected,
         }
@@ -414,6 +421,10 @@ mod tests {
         assert!(!t.caught_up(Some(id("2-4"))));
         let f = t.finish(&list);
         assert_eq!((f.expected, f.received, f.missed), (5, 3, 2));
+        assert_eq!(
+            f.outstanding, 1,
+            "2-4 may still be on its way; 2-1 is a hole"
+        );
         assert_eq!((f.duplicated, f.unexpected), (2, 0));
     }
 

@@ -143,6 +143,7 @@ fn account(channels: &Channels, tallies: Vec<channels::Tally>, c: &mut Counters)
         c.publish_expected += f.expected;
         c.publish_received += f.received;
         c.publish_missed += f.missed;
+        c.publish_outstanding += f.outstanding;
         c.publish_duplicated += f.duplicated;
         c.publish_unexpected += f.unexpected;
         c.connections_missing_events += u64::from(f.missed > 0);
@@ -334,6 +335,14 @@ fn run(args: RunArgs) -> Result<(), String> {
              when it took the event, 1 ms resolution): meaningful only when the clocks are shared or synced"
                 .to_string()
         });
+        if recorder.counters.publish_outstanding > 0 {
+            notes.push(format!(
+                "{} expected events had not arrived when the drain (--drain {}) ended: late or lost; \
+                 a longer --drain tells which",
+                recorder.counters.publish_outstanding,
+                humantime::format_duration(args.drain)
+            ));
+        }
         if recorder.counters.published_without_id > 0 {
             notes.push(format!(
                 "{} publish answers carried no <ms>-<seq> id: their events are outside the exactness count",

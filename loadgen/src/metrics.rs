@@ -151,6 +151,10 @@ pub struct Counters {
     /// connection's subscription.
     #[serde(default)]
     pub publish_unexpected: u64,
+    /// Of the missed, those after the last id their connection received: still due when the
+    /// run ended (late past `--drain`, or a stream that stopped delivering) rather than holes.
+    #[serde(default)]
+    pub publish_outstanding: u64,
     /// Connections with at least one missed event.
     #[serde(default)]
     pub connections_missing_events: u64,
@@ -203,6 +207,7 @@ impl Counters {
         self.publish_expected += o.publish_expected;
         self.publish_received += o.publish_received;
         self.publish_missed += o.publish_missed;
+        self.publish_outstanding += o.publish_outstanding;
         self.publish_duplicated += o.publish_duplicated;
         self.publish_unexpected += o.publish_unexpected;
         self.connections_missing_events += o.connections_missing_events;

@@ -265,12 +265,13 @@ fn publish_lines(r: &RunResult) -> Option<String> {
     }
     let _ = writeln!(
         out,
-        "published events received: {}; expected {}, received {}, missed {} (in {} connections), duplicated {}, unexpected {}, resets {}, scheduled reconnects {}",
+        "published events received: {}; expected {}, received {}, missed {} (in {} connections, {} still outstanding at the end), duplicated {}, unexpected {}, resets {}, scheduled reconnects {}",
         c.publish_events,
         c.publish_expected,
         c.publish_received,
         c.publish_missed,
         c.connections_missing_events,
+        c.publish_outstanding,
         c.publish_duplicated,
         c.publish_unexpected,
         c.publish_resets,
