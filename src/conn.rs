@@ -6,7 +6,8 @@
 //! bytes and keeps time. `ok` requests are answered and the connection is kept for the next
 //! (pipelined requests are answered in one write); an SSE request gets its response head, and the
 //! socket moves into the core's slab while the buffer goes back to the pool. Refused requests get
-//! their status, then a lingering close so the client can read it even if it was still sending.
+//! their status, then a lingering close so the client can read it even if it was still sending;
+//! so does an `ok` that closes while its request's body may still be arriving.
 
 use std::cell::RefCell;
 use std::os::fd::AsRawFd;
@@ -88,6 +89,9 @@ impl Core {
 enum End {
     /// Closed (by either side, or after an `ok` with `Connection: close`).
     Closed,
+    /// Answered, and the client asked to close, but a body may still be arriving: close in
+    /// stages ([`linger`]).
+    Linger,
     /// Refuse with this status and close.
     Reject(Reject),
     /// Asked for a stream, which has a place under the cap: send it this head (then a tick
@@ -103,6 +107,7 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
     core.put_buffer(std::mem::take(&mut session.buf));
     match end {
         End::Closed => {}
+        End::Linger => Box::pin(linger(&core, &mut stream)).await,
         // Boxed: the rarer, larger states must not size every connection's task.
         End::Stream(head, sub) => Box::pin(open_stream(&core, stream, head, sub)).await,
         End::Reject(r) => {
@@ -110,11 +115,18 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
             stats.inc(match r {
                 Reject::Busy => &stats.rejected_busy,
                 Reject::Timeout => &stats.rejected_timeout,
-                Reject::BadRequest | Reject::BadChannel | Reject::TooManyChannels => {
-                    &stats.rejected_bad_request
+                Reject::BadRequest
+                | Reject::BadTransferEncoding
+                | Reject::BadHost
+                | Reject::BadChannel
+                | Reject::TooManyChannels => &stats.rejected_bad_request,
+                Reject::HeadTooLarge | Reject::BodyTooLarge | Reject::UriTooLong => {
+                    &stats.rejected_too_large
                 }
-                Reject::HeadTooLarge | Reject::BodyTooLarge => &stats.rejected_too_large,
-                Reject::LengthRequired | Reject::OriginRefused => &stats.rejected_other,
+                Reject::LengthRequired
+                | Reject::OriginRefused
+                | Reject::MethodNotAllowed
+                | Reject::NotImplemented => &stats.rejected_other,
             });
             tracing::debug!(status = r.status(), "request refused");
             Box::pin(async {
@@ -150,6 +162,7 @@ async fn requests(core: &Core, stream: &mut TcpStream, s: &mut Session) -> End {
         match out.next {
             Next::NeedMore => {}
             Next::Close => return End::Closed,
+            Next::Linger => return End::Linger,
             Next::Reject(r) => return End::Reject(r),
             Next::Stream(head, sub) if core.cap.try_reserve() => return End::Stream(head, sub),
             Next::Stream(..) => return End::Reject(Reject::Busy),

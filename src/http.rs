@@ -3,7 +3,9 @@
 //!
 //! The parser sees the connection's read buffer and borrows from it; nothing is copied. Every way
 //! a request can be wrong maps to one status here, so the connection code only has to act on a
-//! [`Verdict`]. The limits (8 KiB head, 64 headers) are those of the server card.
+//! [`Verdict`]. The limits (8 KiB head, 64 headers) are those of the server card. The checks follow
+//! RFC 9110 and RFC 9112: message framing (Content-Length, Transfer-Encoding), the Host field, the
+//! request line's length, and the methods a plain server must not pretend to serve (CONNECT).
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -109,16 +111,30 @@ pub enum Kind {
 /// Why a request is refused; each maps to one status code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reject {
-    /// Malformed request, bad or duplicate Content-Length, CL with TE, missing Host. 400.
+    /// Malformed request, bad or duplicate Content-Length, CL with TE, missing or several Host.
+    /// 400.
     BadRequest,
+    /// A Transfer-Encoding whose final coding is not `chunked` (or `chunked` twice, or TE in
+    /// HTTP/1.0): the body's length cannot be determined (RFC 9112 §6.3). 400.
+    BadTransferEncoding,
+    /// A Host value that is not `uri-host [":" port]` (RFC 9112 §3.2, RFC 3986 §3.2.2). 400.
+    BadHost,
     /// The client did not finish its head in time. 408.
     Timeout,
-    /// Transfer-Encoding (a chunked body) is not accepted. 411.
+    /// CONNECT: this server opens no tunnels, and a 2xx would say it did (RFC 9110 §9.3.6). 405
+    /// with `Allow`.
+    MethodNotAllowed,
+    /// A well-formed chunked body (Transfer-Encoding ending in `chunked`) is not accepted. 411.
     LengthRequired,
     /// Content-Length above `--max-body`. 413.
     BodyTooLarge,
-    /// Head over 8 KiB or over 64 headers. 431.
+    /// The request line did not end within the 8 KiB head: a request-target longer than we
+    /// parse (RFC 9112 §3). 414.
+    UriTooLong,
+    /// Head over 8 KiB (with a complete request line) or over 64 header fields. 431.
     HeadTooLarge,
+    /// A method that runs past the 8 KiB head, longer than any we implement (RFC 9112 §3). 501.
+    NotImplemented,
     /// SSE request from an Origin the CORS list does not allow. 403.
     OriginRefused,
     /// At the stream cap. 503 with Retry-After.
@@ -132,24 +148,38 @@ pub enum Reject {
 impl Reject {
     pub fn status(self) -> u16 {
         match self {
-            Reject::BadRequest | Reject::BadChannel | Reject::TooManyChannels => 400,
+            Reject::BadRequest
+            | Reject::BadTransferEncoding
+            | Reject::BadHost
+            | Reject::BadChannel
+            | Reject::TooManyChannels => 400,
             Reject::OriginRefused => 403,
+            Reject::MethodNotAllowed => 405,
             Reject::Timeout => 408,
             Reject::LengthRequired => 411,
             Reject::BodyTooLarge => 413,
+            Reject::UriTooLong => 414,
             Reject::HeadTooLarge => 431,
+            Reject::NotImplemented => 501,
             Reject::Busy => 503,
         }
     }
 
     fn reason(self) -> &'static str {
         match self {
-            Reject::BadRequest | Reject::BadChannel | Reject::TooManyChannels => "Bad Request",
+            Reject::BadRequest
+            | Reject::BadTransferEncoding
+            | Reject::BadHost
+            | Reject::BadChannel
+            | Reject::TooManyChannels => "Bad Request",
             Reject::OriginRefused => "Forbidden",
+            Reject::MethodNotAllowed => "Method Not Allowed",
             Reject::Timeout => "Request Timeout",
             Reject::LengthRequired => "Length Required",
             Reject::BodyTooLarge => "Content Too Large",
+            Reject::UriTooLong => "URI Too Long",
             Reject::HeadTooLarge => "Request Header Fields Too Large",
+            Reject::NotImplemented => "Not Implemented",
             Reject::Busy => "Service Unavailable",
         }
     }
@@ -157,13 +187,20 @@ impl Reject {
     fn body(self) -> &'static str {
         match self {
             Reject::BadRequest => "bad request\n",
+            Reject::BadTransferEncoding => {
+                "bad Transfer-Encoding: the final coding must be chunked (once), and HTTP/1.1\n"
+            }
+            Reject::BadHost => "invalid Host header: expected host[:port]\n",
             Reject::OriginRefused => "origin not allowed\n",
+            Reject::MethodNotAllowed => "CONNECT is not supported: this server opens no tunnels\n",
             Reject::Timeout => "request header timeout\n",
             Reject::LengthRequired => {
                 "chunked request bodies are not accepted; send Content-Length\n"
             }
             Reject::BodyTooLarge => "request body too large\n",
+            Reject::UriTooLong => "request-target too long\n",
             Reject::HeadTooLarge => "request header section too large\n",
+            Reject::NotImplemented => "method not implemented\n",
             Reject::Busy => "too many streams, retry later\n",
             Reject::BadChannel => {
                 "invalid channel name: 1-128 bytes of letters, digits, '_', '.', ':' or '-'\n"
@@ -173,29 +210,35 @@ impl Reject {
     }
 }
 
+/// The methods named in the `Allow` of a `405`: those the server documents (and its credentialed
+/// preflights list). Any method but CONNECT is answered `ok`.
+pub const ALLOW: &str = "GET, HEAD, POST, OPTIONS";
+
 /// Parses the head at the start of `buf` and decides what it is.
+///
+/// Only the first [`MAX_HEAD`] bytes are looked at, so the decision never depends on how many
+/// bytes past the limit happen to be buffered (the answers must not depend on how reads split).
 pub fn parse(buf: &[u8], max_body: u64) -> Verdict<'_> {
+    let buf = &buf[..buf.len().min(MAX_HEAD)];
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
-            return Verdict::Reject(Reject::HeadTooLarge)
+            return Verdict::Reject(too_large(buf))
         }
         Ok(httparse::Status::Partial) => return Verdict::Partial,
         Err(httparse::Error::TooManyHeaders) => return Verdict::Reject(Reject::HeadTooLarge),
         Err(_) => return Verdict::Reject(Reject::BadRequest),
     };
-    if head_len > MAX_HEAD {
-        return Verdict::Reject(Reject::HeadTooLarge);
-    }
     let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else {
         return Verdict::Reject(Reject::BadRequest);
     };
 
     let mut content_length: Option<u64> = None;
-    let mut transfer_encoding = false;
+    let mut te = TransferEncoding::default();
     let mut hosts = 0;
+    let mut host_ok = true;
     let mut wants_stream = false;
     let mut conn_close = false;
     let mut conn_keep_alive = false;
@@ -214,9 +257,10 @@ pub fn parse(buf: &[u8], max_body: u64) -> Verdict<'_> {
                 None => return Verdict::Reject(Reject::BadRequest),
             }
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            transfer_encoding = true;
+            te.add(value);
         } else if name.eq_ignore_ascii_case(b"host") {
             hosts += 1;
+            host_ok &= valid_host(value);
         } else if name.eq_ignore_ascii_case(b"accept") {
             wants_stream |= accepts_event_stream(value);
         } else if name.eq_ignore_ascii_case(b"connection") {
@@ -234,20 +278,34 @@ pub fn parse(buf: &[u8], max_body: u64) -> Verdict<'_> {
         }
     }
 
-    // Request smuggling defences (RFC 9112 §6.3): never guess which framing the client meant.
-    if transfer_encoding && content_length.is_some() {
-        return Verdict::Reject(Reject::BadRequest);
-    }
-    if transfer_encoding {
+    // Request smuggling defences (RFC 9112 §6.1, §6.3): never guess which framing the client
+    // meant. With both headers, or a coding list we cannot frame by (final coding not `chunked`,
+    // `chunked` twice, any TE in HTTP/1.0), the body's end is unknown: 400, and close. A list
+    // that ends in `chunked` is well-formed; we just do not read chunked bodies: 411.
+    if te.present {
+        if content_length.is_some() {
+            return Verdict::Reject(Reject::BadRequest);
+        }
+        if version == 0 || !te.ends_in_chunked() {
+            return Verdict::Reject(Reject::BadTransferEncoding);
+        }
         return Verdict::Reject(Reject::LengthRequired);
     }
     let body_len = content_length.unwrap_or(0);
     if body_len > max_body {
         return Verdict::Reject(Reject::BodyTooLarge);
     }
-    // HTTP/1.1 requires exactly one Host; HTTP/1.0 allows none, never several.
+    // HTTP/1.1 requires exactly one Host; HTTP/1.0 allows none, never several; its value must
+    // be `uri-host [":" port]` (an empty one is valid: see `valid_host`).
     if hosts > 1 || (version == 1 && hosts == 0) {
         return Verdict::Reject(Reject::BadRequest);
+    }
+    if !host_ok {
+        return Verdict::Reject(Reject::BadHost);
+    }
+    // A 2xx to CONNECT means "the tunnel is open" (RFC 9110 §9.3.6): never answer it `ok`.
+    if method == "CONNECT" {
+        return Verdict::Reject(Reject::MethodNotAllowed);
     }
 
     let keep_alive = if version == 1 {
@@ -281,6 +339,152 @@ pub fn parse(buf: &[u8], max_body: u64) -> Verdict<'_> {
         query,
         request_headers,
     })
+}
+
+/// Which limit a head that fills [`MAX_HEAD`] without ending broke (RFC 9112 §3): if the request
+/// line itself has not ended, its request-target is longer than we parse (414), or, when not even
+/// the method has ended, its method is longer than any we implement (501); otherwise the header
+/// section is too large (431).
+fn too_large(head: &[u8]) -> Reject {
+    // httparse skips empty lines before the request line; so do we.
+    let line = match head.iter().position(|&b| b != b'\r' && b != b'\n') {
+        Some(start) => &head[start..],
+        None => return Reject::BadRequest, // nothing but empty lines
+    };
+    if line.contains(&b'\n') {
+        Reject::HeadTooLarge
+    } else if line.contains(&b' ') {
+        Reject::UriTooLong
+    } else {
+        Reject::NotImplemented
+    }
+}
+
+/// The codings of every `Transfer-Encoding` field line of a request, in order (RFC 9112 §6.1:
+/// several lines form one list).
+#[derive(Default)]
+struct TransferEncoding {
+    present: bool,
+    /// Codings seen (non-empty list elements).
+    codings: usize,
+    /// How many of them were `chunked`.
+    chunked: usize,
+    /// Whether the last one was exactly `chunked` (no parameters).
+    last_chunked: bool,
+    /// An element that is not `token *( OWS ";" OWS transfer-parameter )`.
+    malformed: bool,
+}
+
+impl TransferEncoding {
+    fn add(&mut self, value: &[u8]) {
+        self.present = true;
+        // Empty list elements (`a, , b`) are allowed and ignored (RFC 9110 §5.6.1).
+        for element in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if element.is_empty() {
+                continue;
+            }
+            self.codings += 1;
+            let name = element
+                .split(|&b| b == b';')
+                .next()
+                .unwrap_or_default()
+                .trim_ascii();
+            if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
+                self.malformed = true;
+            }
+            let chunked = name.eq_ignore_ascii_case(b"chunked");
+            self.chunked += chunked as usize;
+            // `chunked` takes no parameters: `chunked;x=y` is not the coding we could frame by.
+            self.last_chunked = chunked && element.len() == name.len();
+        }
+    }
+
+    /// The list is well-formed and its final coding, and only that one, is `chunked`.
+    fn ends_in_chunked(&self) -> bool {
+        !self.malformed && self.codings > 0 && self.last_chunked && self.chunked == 1
+    }
+}
+
+/// RFC 9110 §5.6.2 token characters.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Whether a Host value is `uri-host [ ":" port ]` (RFC 9112 §3.2; RFC 3986 §3.2.2–3.2.3):
+/// a reg-name (unreserved, sub-delims, pct-encoded; an IPv4 address is one too) or an IP-literal
+/// in brackets (IPv6 or IPvFuture), then optionally `:` and digits. No userinfo (`@`), no path,
+/// no spaces.
+///
+/// An empty value is valid: RFC 9112 §3.2 has a client send `Host:` empty when the target URI
+/// has no authority, and reg-name may be empty. This server serves the same thing whatever the
+/// authority, so it accepts it (as it accepts a missing Host in HTTP/1.0).
+pub fn valid_host(value: &[u8]) -> bool {
+    let value = value.trim_ascii();
+    let (host_ok, rest) = if let Some(literal) = value.strip_prefix(b"[") {
+        match literal.iter().position(|&b| b == b']') {
+            Some(end) => (valid_ip_literal(&literal[..end]), &literal[end + 1..]),
+            None => return false,
+        }
+    } else {
+        let end = value.iter().position(|&b| b == b':').unwrap_or(value.len());
+        (valid_reg_name(&value[..end]), &value[end..])
+    };
+    let port_ok = match rest {
+        [] => true,
+        [b':', port @ ..] => port.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    host_ok && port_ok
+}
+
+/// RFC 3986 reg-name: `*( unreserved / pct-encoded / sub-delims )`.
+fn valid_reg_name(name: &[u8]) -> bool {
+    let mut i = 0;
+    while i < name.len() {
+        match name[i] {
+            b'%' => {
+                let hex = name.get(i + 1..i + 3).unwrap_or_default();
+                if hex.len() != 2 || !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return false;
+                }
+                i += 3;
+            }
+            b if is_unreserved(b) || is_sub_delim(b) => i += 1,
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// The inside of `[...]`: an IPv6 address, or `v` HEXDIG+ `.` ( unreserved / sub-delims / `:` )+.
+fn valid_ip_literal(literal: &[u8]) -> bool {
+    if let Some(future) = literal
+        .strip_prefix(b"v")
+        .or_else(|| literal.strip_prefix(b"V"))
+    {
+        let Some(dot) = future.iter().position(|&b| b == b'.') else {
+            return false;
+        };
+        let (version, rest) = (&future[..dot], &future[dot + 1..]);
+        return !version.is_empty()
+            && version.iter().all(u8::is_ascii_hexdigit)
+            && !rest.is_empty()
+            && rest
+                .iter()
+                .all(|&b| is_unreserved(b) || is_sub_delim(b) || b == b':');
+    }
+    std::str::from_utf8(literal)
+        .ok()
+        .and_then(|s| s.parse::<std::net::Ipv6Addr>().ok())
+        .is_some()
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~".contains(&b)
+}
+
+fn is_sub_delim(b: u8) -> bool {
+    b"!$&'()*+,;=".contains(&b)
 }
 
 /// Content-Length is 1*DIGIT; no sign, no spaces inside, no overflow.
@@ -433,8 +637,12 @@ impl Responses {
         let mut b = BytesMut::with_capacity(160 + body.len());
         b.put_slice(format!("HTTP/1.1 {} {}\r\n", r.status(), r.reason()).as_bytes());
         b.put_slice(b"Content-Type: text/plain\r\nConnection: close\r\n");
-        if r == Reject::Busy {
-            b.put_slice(format!("Retry-After: {}\r\n", self.retry_after).as_bytes());
+        match r {
+            Reject::Busy => {
+                b.put_slice(format!("Retry-After: {}\r\n", self.retry_after).as_bytes())
+            }
+            Reject::MethodNotAllowed => b.put_slice(format!("Allow: {ALLOW}\r\n").as_bytes()),
+            _ => {}
         }
         b.put_slice(format!("Content-Length: {}\r\n\r\n{body}", body.len()).as_bytes());
         b.freeze()
@@ -594,6 +802,161 @@ mod tests {
         );
         let long = format!("GET / HTTP/1.1\r\nHost: x\r\nX: {}", "a".repeat(MAX_HEAD));
         assert_eq!(r(&long), Reject::HeadTooLarge);
+        // a complete head past the limit is judged on its first 8 KiB, like a partial one
+        assert_eq!(r(&format!("{long}\r\n\r\n")), Reject::HeadTooLarge);
+    }
+
+    #[test]
+    fn transfer_encoding_must_end_in_chunked() {
+        let te = |codings: &[&str]| {
+            let lines: String = codings
+                .iter()
+                .map(|c| format!("Transfer-Encoding: {c}\r\n"))
+                .collect();
+            match req(&format!("POST / HTTP/1.1\r\nHost: x\r\n{lines}\r\n")) {
+                Verdict::Reject(r) => r,
+                v => panic!("{codings:?}: {v:?}"),
+            }
+        };
+        // well-formed, final coding chunked: a body we do not read
+        for ok in [
+            &["chunked"][..],
+            &["CHUNKED"],
+            &["gzip, chunked"],
+            &["gzip", "chunked"],
+            &["gzip,, chunked ,"],
+        ] {
+            assert_eq!(te(ok), Reject::LengthRequired, "{ok:?}");
+        }
+        // the length cannot be determined: 400 (RFC 9112 §6.3 rule 4)
+        for bad in [
+            &["xchunked"][..],
+            &["chunked, identity"],
+            &["chunked", "gzip"],
+            &["chunked", "identity"],
+            &["chunked, chunked"],
+            &["chunked", "chunked"],
+            &["gzip"],
+            &["identity"],
+            &[""],
+            &[" , "],
+            &["chunked;x=y"],
+            &["gz(ip, chunked"],
+            &["\"chunked\""],
+        ] {
+            assert_eq!(te(bad), Reject::BadTransferEncoding, "{bad:?}");
+        }
+        // TE in HTTP/1.0 is faulty framing (RFC 9112 §6.1)
+        assert_eq!(
+            req("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Verdict::Reject(Reject::BadTransferEncoding)
+        );
+    }
+
+    #[test]
+    fn host_is_uri_host_and_port() {
+        for ok in [
+            "example.com",
+            "example.com:8080",
+            "EXAMPLE.com:",
+            "127.0.0.1",
+            "127.0.0.1:80",
+            "[::1]",
+            "[::1]:8080",
+            "[2001:db8::7]",
+            "[::ffff:192.0.2.1]:1",
+            "[v1.fe80::a+en1]",
+            "xn--bcher-kva.example",
+            "a%2Db",
+            "sub-delims!$&'()*+,;=",
+            "under_score~",
+            "",
+            "localhost",
+        ] {
+            assert!(valid_host(ok.as_bytes()), "{ok:?} is valid");
+            assert!(
+                matches!(
+                    req(&format!("GET / HTTP/1.1\r\nHost: {ok}\r\n\r\n")),
+                    Verdict::Request(_)
+                ),
+                "{ok:?} is served"
+            );
+        }
+        for bad in [
+            "bad host",
+            "example.com/path",
+            "example.com?q",
+            "example.com#f",
+            "user@example.com",
+            "user:pw@example.com",
+            "example.com:80:80",
+            "example.com:8o",
+            "[::1",
+            "::1",
+            "[::1]x",
+            "[::1]:8o",
+            "[not-ip]",
+            "[v1]",
+            "[v.x]",
+            "a%2",
+            "a%zz",
+            "a\"b",
+            "<x>",
+            "\u{e9}.example",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad:?} is invalid");
+            assert_eq!(
+                req(&format!("GET / HTTP/1.1\r\nHost: {bad}\r\n\r\n")),
+                Verdict::Reject(Reject::BadHost),
+                "{bad:?}"
+            );
+        }
+        // HTTP/1.0 may omit Host, but a Host it sends must be valid
+        assert_eq!(
+            req("GET / HTTP/1.0\r\nHost: a b\r\n\r\n"),
+            Verdict::Reject(Reject::BadHost)
+        );
+    }
+
+    #[test]
+    fn connect_is_refused_with_allow() {
+        for raw in [
+            "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+            "CONNECT example.com:443 HTTP/1.0\r\n\r\n",
+        ] {
+            assert_eq!(req(raw), Verdict::Reject(Reject::MethodNotAllowed));
+        }
+        // methods are case-sensitive: `connect` is some other method, answered `ok`
+        assert_eq!(kind("connect / HTTP/1.1\r\nHost: x\r\n\r\n"), Kind::Ok);
+        let r = Responses::new(&Config::default()).reject(Reject::MethodNotAllowed);
+        let r = std::str::from_utf8(&r).unwrap();
+        assert!(r.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"), "{r}");
+        assert!(r.contains("\r\nAllow: GET, HEAD, POST, OPTIONS\r\n"), "{r}");
+        assert!(r.contains("\r\nConnection: close\r\n"), "{r}");
+    }
+
+    #[test]
+    fn an_unended_request_line_is_414_not_431() {
+        let r = |raw: &str| match req(raw) {
+            Verdict::Reject(r) => r,
+            v => panic!("{v:?}"),
+        };
+        let target = "a".repeat(MAX_HEAD);
+        assert_eq!(r(&format!("GET /{target}")), Reject::UriTooLong);
+        assert_eq!(r(&format!("\r\nGET /{target}")), Reject::UriTooLong);
+        // the line ends past the limit: still the target's fault
+        assert_eq!(
+            r(&format!("GET /{target} HTTP/1.1\r\nHost: x\r\n\r\n")),
+            Reject::UriTooLong
+        );
+        // a target that fits, headers that do not: 431
+        let header = format!("GET /{} HTTP/1.1\r\nX: {target}", "b".repeat(4000));
+        assert_eq!(r(&header), Reject::HeadTooLarge);
+        // not even the method ended: longer than any method we implement
+        assert_eq!(r(&"M".repeat(MAX_HEAD)), Reject::NotImplemented);
+        assert_eq!(r(&"\r\n".repeat(MAX_HEAD / 2)), Reject::BadRequest);
+        // below the limit it is only partial
+        assert_eq!(req(&format!("GET /{}", "a".repeat(8000))), Verdict::Partial);
     }
 
     #[test]

@@ -18,6 +18,12 @@ pub enum Next {
     NeedMore,
     /// Close the connection (the client asked to, with `Connection: close` or HTTP/1.0).
     Close,
+    /// Close in stages, as after a refusal: the client asked to close, but its last request
+    /// declared a body, which may still be arriving. Closing a socket with unread bytes sends a
+    /// reset that can destroy the answer in flight (RFC 9112 §9.6), so stop sending, then read and
+    /// drop what still comes for a short while. Decided from the request alone (a declared
+    /// body), never from how much of the body happens to be buffered.
+    Linger,
     /// Answer with this refusal, then close.
     Reject(Reject),
     /// The request asks for a stream from an allowed origin: send this head (if the stream cap
@@ -75,7 +81,7 @@ impl Session {
                     };
                 }
             }
-            let (consumed, close) = match http::parse(&self.buf, max_body) {
+            let (consumed, close, body) = match http::parse(&self.buf, max_body) {
                 Verdict::Partial => {
                     return Outcome {
                         replies,
@@ -113,7 +119,7 @@ impl Session {
                     self.discard = req.body_len;
                     let in_buf = req.body_len.min(buffered_body) as usize;
                     self.discard -= in_buf as u64;
-                    (req.head_len + in_buf, !req.keep_alive)
+                    (req.head_len + in_buf, !req.keep_alive, req.body_len > 0)
                 }
             };
             self.buf.drain(..consumed);
@@ -121,7 +127,7 @@ impl Session {
             if close {
                 return Outcome {
                     replies,
-                    next: Next::Close,
+                    next: if body { Next::Linger } else { Next::Close },
                 };
             }
         }
@@ -206,6 +212,19 @@ mod tests {
             .into_bytes(),
         );
         c.push(format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 20000\r\n\r\n{}GET / HTTP/1.1\r\nHost: x\r\n\r\n", "z".repeat(20000)).into_bytes());
+        // a body larger than a read, then a request whose line runs past the head limit
+        c.push(format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 9000\r\n\r\n{}GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "z".repeat(9000), "t".repeat(9000)).into_bytes());
+        c.push(
+            b"POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 4\r\n\r\nbody"
+                .to_vec(),
+        );
+        c.push(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec());
+        c.push(
+            b"GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\nGET / HTTP/1.1\r\nHost: a/b\r\n\r\n".to_vec(),
+        );
+        c.push(
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\nCONNECT x:1 HTTP/1.1\r\nHost: x:1\r\n\r\n".to_vec(),
+        );
         c
     }
 
@@ -256,6 +275,69 @@ mod tests {
         let (replies, next) = drive(&r, 1 << 20, &input, &[1000]);
         assert_eq!(replies, vec![r.ok.clone(), r.ok_close.clone()]);
         assert_eq!(next, Some(Next::Close));
+    }
+
+    #[test]
+    fn closing_after_a_body_lingers_however_the_body_arrives() {
+        let r = Responses::new(&Config::default());
+        let close = b"POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 5\r\n\r\n";
+        // the body not sent yet, half of it, or all of it: the same decision
+        for body in [&b""[..], b"he", b"hello"] {
+            let input = [&close[..], body].concat();
+            let (replies, next) = drive(&r, 1 << 20, &input, &[0]);
+            assert_eq!(replies, vec![r.ok_close.clone()]);
+            assert_eq!(next, Some(Next::Linger), "{body:?}");
+        }
+        // HTTP/1.0 closes by default: a body makes it linger too
+        let (_, next) = drive(
+            &r,
+            1 << 20,
+            b"POST / HTTP/1.0\r\nContent-Length: 3\r\n\r\nabc",
+            &[0],
+        );
+        assert_eq!(next, Some(Next::Linger));
+        // without a body there is nothing to wait for
+        let (_, next) = drive(
+            &r,
+            1 << 20,
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            &[0],
+        );
+        assert_eq!(next, Some(Next::Close));
+    }
+
+    #[test]
+    fn refusals_of_round_two_do_not_depend_on_chunking() {
+        let r = Responses::new(&Config::default());
+        let target = "a".repeat(MAX_HEAD + 100);
+        for (input, want) in [
+            (
+                "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n"
+                    .to_owned(),
+                Reject::BadTransferEncoding,
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: bad host\r\n\r\n".to_owned(),
+                Reject::BadHost,
+            ),
+            (
+                "CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n".to_owned(),
+                Reject::MethodNotAllowed,
+            ),
+            (
+                format!("GET /{target} HTTP/1.1\r\nHost: x\r\n\r\n"),
+                Reject::UriTooLong,
+            ),
+            (
+                format!("GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /{target} HTTP/1.1\r\n\r\n"),
+                Reject::UriTooLong,
+            ),
+        ] {
+            for chunks in [&[0usize][..], &[1], &[3, 7], &[4096], &[MAX_HEAD - 1, 1]] {
+                let (_, next) = drive(&r, 1 << 20, input.as_bytes(), chunks);
+                assert_eq!(next, Some(Next::Reject(want)), "{chunks:?} of {input:.60}");
+            }
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The plain-HTTP side: `ok` with keep-alive and pipelining, HEAD, bodies, and every kind of bad
-//! input answered with its status while a stream on the same server keeps receiving every tick.
+//! input answered with its status while a stream on the same server keeps receiving every tick;
+//! how connections end (a lingering close after a body, a silent kept-alive connection).
 //! Every test runs under both drivers.
 
 mod common;
@@ -11,7 +12,11 @@ use common::*;
 
 both_drivers!(
     ok_keep_alive_and_pipelining,
-    bad_input_gets_its_status_and_streams_go_on
+    bad_input_gets_its_status_and_streams_go_on,
+    host_values_the_rfc_allows_are_served,
+    connect_is_refused_with_allow_and_closed,
+    close_with_an_unread_body_is_a_lingering_close,
+    idle_kept_alive_connection_is_closed_without_an_answer,
 );
 
 const OK: &str = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok";
@@ -29,13 +34,14 @@ fn ok_keep_alive_and_pipelining(driver: &str) {
     for _ in 0..3 {
         assert_eq!(read_response(&mut s), OK);
     }
-    // the same connection serves more requests: a body split across writes, then HEAD
+    // the same connection serves more requests: a body split across writes, then HEAD. The
+    // answer comes once the head is in, so reading it first proves the rest of the body arrives
+    // in a later read of the server's.
     s.write_all(b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n01234")
         .unwrap();
-    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(read_response(&mut s), OK);
     s.write_all(b"56789HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
-    assert_eq!(read_response(&mut s), OK);
     let mut head = [0u8; 64];
     s.read_exact(&mut head).unwrap();
     assert_eq!(&head[..], &OK.as_bytes()[..64]);
@@ -122,10 +128,25 @@ fn bad_input_gets_its_status_and_streams_go_on(driver: &str) {
         ("duplicate CL", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcd".to_vec(), 400),
         ("bad CL", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4x\r\n\r\nabcd".to_vec(), 400),
         ("chunked body", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n".to_vec(), 411),
+        ("gzip then chunked", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n".to_vec(), 411),
+        ("TE xchunked", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n".to_vec(), 400),
+        ("TE chunked, identity", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n".to_vec(), 400),
+        ("two TE lines ending in identity", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n".to_vec(), 400),
+        ("TE chunked twice", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(), 400),
+        ("TE in HTTP/1.0", b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(), 400),
+        ("Host with a space", b"GET / HTTP/1.1\r\nHost: bad host\r\n\r\n".to_vec(), 400),
+        ("Host with a path", b"GET / HTTP/1.1\r\nHost: example.com/x\r\n\r\n".to_vec(), 400),
+        ("Host with userinfo", b"GET / HTTP/1.1\r\nHost: user@example.com\r\n\r\n".to_vec(), 400),
+        ("Host with a bad port", b"GET / HTTP/1.1\r\nHost: example.com:80x\r\n\r\n".to_vec(), 400),
+        ("Host unclosed IPv6", b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n".to_vec(), 400),
+        ("stream with a bad Host", b"GET / HTTP/1.1\r\nHost: a b\r\nAccept: text/event-stream\r\n\r\n".to_vec(), 400),
+        ("CONNECT", b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n".to_vec(), 405),
         ("body over --max-body", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n".to_vec(), 413),
         ("header over 8 KiB", big_header.into_bytes(), 431),
         ("over 64 headers", many_headers.into_bytes(), 431),
-        ("overlong request line", format!("GET /{} HTTP/1.1\r\n", "a".repeat(9000)).into_bytes(), 431),
+        ("overlong request-target", format!("GET /{} HTTP/1.1\r\n", "a".repeat(9000)).into_bytes(), 414),
+        ("overlong request-target, head complete", format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(9000)).into_bytes(), 414),
+        ("overlong method", "M".repeat(9000).into_bytes(), 501),
         ("header timeout", b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec(), 408),
     ];
     for (name, raw, want) in &cases {
@@ -149,4 +170,126 @@ fn bad_input_gets_its_status_and_streams_go_on(driver: &str) {
     assert_eq!(request(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"), OK);
     let s = server.stop_and_summary();
     assert!(s.get("rejected") >= cases.len() as u64, "{}", s.0);
+}
+
+fn host_values_the_rfc_allows_are_served(driver: &str) {
+    let server = TestServer::start(driver, &["--interval", "1s"]);
+    // An empty Host is what RFC 9112 §3.2 has a client send for a target without authority;
+    // IP literals, ports and percent-encoding are all uri-host [":" port].
+    for host in [
+        "",
+        "example.com",
+        "example.com:8080",
+        "127.0.0.1:80",
+        "[::1]:8080",
+        "[2001:db8::1]",
+        "xn--bcher-kva.example",
+        "a%2Db",
+    ] {
+        let r = request(
+            server.addr,
+            format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes(),
+        );
+        assert_eq!(r, OK, "Host: {host:?}");
+    }
+    // A stream request with a valid Host is a stream.
+    let c = SseClient::open_with(
+        connect(server.addr),
+        "GET / HTTP/1.1\r\nHost: [::1]:443\r\nAccept: text/event-stream\r\n\r\n",
+    );
+    assert!(c.head.starts_with("HTTP/1.1 200 OK\r\n"), "{}", c.head);
+}
+
+fn connect_is_refused_with_allow_and_closed(driver: &str) {
+    let server = TestServer::start(driver, &["--interval", "1s"]);
+    let mut s = connect(server.addr);
+    // The tunnel's first bytes follow at once, as a client that does not wait would send them.
+    s.write_all(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n\x16\x03\x01")
+        .unwrap();
+    let r = read_response(&mut s);
+    assert!(r.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"), "{r}");
+    assert!(r.contains("\r\nAllow: GET, HEAD, POST, OPTIONS\r\n"), "{r}");
+    assert!(r.contains("\r\nConnection: close\r\n"), "{r}");
+    // Closed after the answer: nothing more, never a tunnel.
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    // Methods are case-sensitive: `connect` is just another method, answered `ok`.
+    let r = request(server.addr, b"connect / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r, OK);
+    wait_for_metric(
+        &server,
+        "ringcast_connections_rejected_total{worker=\"total\",reason=\"other\"}",
+        1.0,
+    );
+}
+
+fn close_with_an_unread_body_is_a_lingering_close(driver: &str) {
+    let server = TestServer::start(driver, &["--interval", "1s"]);
+    for version in ["HTTP/1.1\r\nHost: x\r\nConnection: close", "HTTP/1.0"] {
+        // Head and body in one write: the server answers from the head, while most of the body
+        // is still unread in its socket. Closing such a socket sends a reset, which can destroy
+        // the answer on its way (RFC 9112 §9.6); a lingering close half-closes instead, drops
+        // the rest of the body, and the client sees the answer and then a clean end of stream.
+        let body = vec![b'b'; 30_000];
+        let head = format!("POST / {version}\r\nContent-Length: {}\r\n\r\n", body.len());
+        let mut s = connect(server.addr);
+        s.write_all(&[head.as_bytes(), &body].concat()).unwrap();
+        let r = read_response(&mut s);
+        assert!(
+            r.starts_with("HTTP/1.1 200 OK\r\n") && r.ends_with("\r\n\r\nok"),
+            "{r}"
+        );
+        assert!(r.contains("\r\nConnection: close\r\n"), "{r}");
+        let mut rest = Vec::new();
+        let end = s.read_to_end(&mut rest);
+        assert!(
+            end.is_ok() && rest.is_empty(),
+            "{version:?}: expected EOF after the answer, got {end:?} and {rest:?}"
+        );
+    }
+}
+
+fn idle_kept_alive_connection_is_closed_without_an_answer(driver: &str) {
+    let server = TestServer::start(driver, &["--interval", "1s", "--header-timeout", "1s"]);
+    let mut s = connect(server.addr);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut s), OK);
+    // Silent from now on: at the header timeout the server closes it, with no 408.
+    let mut rest = Vec::new();
+    let end = s.read_to_end(&mut rest);
+    assert!(
+        end.is_ok() && rest.is_empty(),
+        "expected EOF and no answer, got {end:?} and {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+    let metrics = admin_get(&server, "/metrics");
+    let timeouts = series(
+        &metrics,
+        "ringcast_connections_rejected_total{worker=\"total\",reason=\"timeout\"}",
+    );
+    assert_eq!(timeouts, 0.0, "an idle connection is not a refused request");
+    // One whose request was cut off mid-head does get the 408.
+    let mut s = connect(server.addr);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HT")
+        .unwrap();
+    assert_eq!(read_response(&mut s), OK);
+    let r = read_response(&mut s);
+    assert!(r.starts_with("HTTP/1.1 408 "), "{r}");
+}
+
+/// Waits until a `/metrics` series reaches `want`.
+fn wait_for_metric(server: &TestServer, series_name: &str, want: f64) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let got = series(&admin_get(server, "/metrics"), series_name);
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series_name} is {got}, not {want}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
