@@ -130,10 +130,13 @@ pub fn final_report(r: &RunResult) -> String {
             cfg["interval"],
         );
         if let Some(p) = &run.publish {
+            let reconnect = cfg["reconnect_every"]
+                .as_f64()
+                .map_or(String::new(), |ms| format!(", reconnect every {ms} ms"));
             let _ = writeln!(
                 out,
-                "publishing {}/s to {} over {} channels with {} publishers, reconnect every {} ms",
-                p.target_rate, p.url, p.channels, p.publishers, cfg["reconnect_every"],
+                "publishing {}/s to {} over {} channels with {} publishers{reconnect}",
+                p.target_rate, p.url, p.channels, p.publishers,
             );
         }
         if let Some(banner) = &run.server.banner {
@@ -368,6 +371,67 @@ mod tests {
             .map(|r| r.split_whitespace().nth(2).unwrap().parse().unwrap())
             .collect();
         assert!(counts.windows(2).all(|w| w[0] <= w[1]));
+    }
+
+    #[test]
+    fn the_report_has_the_publish_lines_in_publish_mode_only() {
+        use crate::result::{PublishSummary, Run, RunResult, Server};
+        let mut counters = Counters {
+            publish_attempted: 1000,
+            published_ok: 997,
+            publish_expected: 5000,
+            publish_received: 4997,
+            publish_missed: 3,
+            publish_outstanding: 1,
+            connections_missing_events: 1,
+            publish_resets: 2,
+            ..Counters::default()
+        };
+        counters.publish_errors.insert("503".into(), 3);
+        let run = |publish: Option<PublishSummary>, config| Run {
+            environment: Default::default(),
+            config,
+            server: Server::default(),
+            resources: Default::default(),
+            unfinished_connections: 0,
+            publish,
+        };
+        let summary = PublishSummary {
+            url: "http://127.0.0.1:9090/publish".into(),
+            channels: 5,
+            publishers: 4,
+            target_rate: 200.0,
+            seconds: 5.0,
+            achieved_rate: 199.4,
+        };
+        let config = serde_json::json!({"channels": 5, "reconnect_every": 2000.0});
+        let r = RunResult::new(
+            vec![run(Some(summary), config)],
+            counters,
+            &Histograms::default(),
+            vec![],
+        );
+        let text = final_report(&r);
+        for want in [
+            "publishing 200/s to http://127.0.0.1:9090/publish over 5 channels with 4 publishers, reconnect every 2000 ms",
+            "publish: attempted 1000, ok 997, errors 3 (503 x3), unsent 0, without id 0; 199.4 events/s of 200.0 asked",
+            "expected 5000, received 4997, missed 3 (in 1 connections, 1 still outstanding at the end)",
+            "resets 2",
+        ] {
+            assert!(text.contains(want), "{want:?} in\n{text}");
+        }
+        assert!(!text.contains("fan-out"), "{text}");
+        let plain = RunResult::new(
+            vec![run(None, serde_json::json!({"channels": null}))],
+            Counters::default(),
+            &Histograms::default(),
+            vec![],
+        );
+        let text = final_report(&plain);
+        assert!(
+            !text.contains("publish") && text.contains("fan-out"),
+            "{text}"
+        );
     }
 
     #[test]
