@@ -94,7 +94,8 @@ counters! {
     ticks_missed,
     frames_sent,
     bytes_sent,
-    frames_skipped;
+    frames_skipped,
+    stuck_writes_reaped;
     max:
     walk_us_max,
 }

@@ -72,11 +72,27 @@ pub fn tune_stream(fd: RawFd, user_timeout: Duration) {
 /// Makes the socket's close send RST and drop unsent data, then shuts it down both ways. A write
 /// parked on a full send buffer wakes up with EPIPE, so its future completes and the stream can be
 /// dropped without cancelling anything.
-pub fn abort(fd: RawFd) {
+///
+/// Returns whether the shutdown took. A failure is logged (a peer that is already gone, ENOTCONN,
+/// only at debug level): the write it was meant to end may then never return, which is why the
+/// tick slab removes an aborted stream at the next tick whatever happened (`streams.rs`).
+pub fn abort(fd: RawFd) -> bool {
     with_socket(fd, |s| {
-        let _ = s.set_linger(Some(Duration::ZERO));
-        let _ = s.shutdown(std::net::Shutdown::Both);
-    });
+        if let Err(e) = s.set_linger(Some(Duration::ZERO)) {
+            tracing::warn!(fd, error = %e, "abort: cannot set SO_LINGER 0; the close will not reset");
+        }
+        match s.shutdown(std::net::Shutdown::Both) {
+            Ok(()) => true,
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+                tracing::debug!(fd, error = %e, "abort: the peer is already gone");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(fd, error = %e, "abort: cannot shut the socket down");
+                false
+            }
+        }
+    })
 }
 
 /// Half-closes our side (FIN after the queued response) so that a lingering close can drain.

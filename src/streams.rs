@@ -1,15 +1,18 @@
 //! One core's SSE streams and the tick walk that writes to all of them.
 //!
-//! An idle stream is one slab slot: the socket and a skip count. It has no task, no timer and no
-//! read buffer. Once per tick the core's walker encodes the frame once and starts a write of that
+//! An idle stream is one slab slot: the socket and its fd. It has no task, no timer and no read
+//! buffer. Once per tick the core's walker encodes the frame once and starts a write of that
 //! shared `Bytes` on every stream, up to `--max-inflight` writes at a time, so io_uring submits
 //! them in large batches while the memory of in-flight write futures stays bounded.
 //!
 //! While a write is in flight its socket lives inside the write future and the slot holds only the
-//! fd. A stream whose write is still pending when the next tick comes skips that tick; after
-//! `--max-skips` consecutive skips the socket is shut down under the pending write (which then
-//! fails with EPIPE) and the stream is removed. Any write error removes the stream too, which is
-//! how a client that went away is noticed: the second write after its FIN fails.
+//! fd and a skip count. A stream whose write is still pending when the next tick comes skips that
+//! tick; after `--max-skips` consecutive skips the socket is shut down under the pending write
+//! (which then fails with EPIPE) and the stream is removed. Should that write not come back by the
+//! next tick, the walk removes the stream anyway, so a stuck write never holds a slot or a place
+//! under the cap for longer than a tick (`stuck_writes_reaped` counts those). Any write error
+//! removes the stream too, which is how a client that went away is noticed: the second write
+//! after its FIN fails.
 //!
 //! The same loop serves the core's channel streams (`subs.rs`): it takes published events from
 //! the core's inbox, queues them on their channels' members, and starts those writes in the same
@@ -79,16 +82,24 @@ impl StreamCap {
     }
 }
 
-struct Slot {
-    /// `None` while a write is in flight (the socket is inside the write future).
-    stream: Option<TcpStream>,
-    fd: RawFd,
-    /// Consecutive ticks skipped because the previous write was still pending.
-    skips: u8,
-    /// Shut down after too many skips; remove when the pending write returns.
-    aborted: bool,
+/// Where a tick stream's socket is.
+enum State {
+    /// In the slot, ready for the next write.
+    Idle(TcpStream),
+    /// Inside a write future; `skips` ticks have come and gone since the write started.
+    Writing { skips: u8 },
+    /// Shut down under its parked write after `--max-skips` skips. Removed when the write
+    /// returns, or by the next walk if it has not returned by then.
+    Aborted,
 }
 
+struct Slot {
+    state: State,
+    /// The socket's fd, also while it is inside a write future. A write that comes back to a key
+    /// whose slot has another fd belongs to a stream that was removed (its fd is still open, so
+    /// no newer stream can have it).
+    fd: RawFd,
+}
 /// The streams of one core.
 pub struct Streams {
     slab: RefCell<Slab<Slot>>,
@@ -123,10 +134,8 @@ impl Streams {
     pub fn insert(&self, stream: TcpStream) -> usize {
         let fd = stream.as_raw_fd();
         let key = self.slab.borrow_mut().insert(Slot {
-            stream: Some(stream),
+            state: State::Idle(stream),
             fd,
-            skips: 0,
-            aborted: false,
         });
         self.stats.stream_opened();
         key
@@ -147,31 +156,43 @@ impl Streams {
         self.cap.release();
     }
 
-    /// Puts a socket back after its write, or removes the stream if the write failed.
+    /// Removes an aborted stream whose write has not returned: its slot and its place under the
+    /// cap are freed now, counted as closed for skips and in `stuck_writes_reaped`. The socket
+    /// lives in the write future, already shut down; it is closed when the write returns
+    /// (`complete` then finds the slot gone, or holding another fd) or when the core stops.
+    fn reap(&self, slab: &mut Slab<Slot>, key: usize) {
+        self.stats.inc(&self.stats.stuck_writes_reaped);
+        self.remove(slab, key, CloseReason::SkipsExceeded);
+    }
+
+    /// Puts a socket back after its write, or removes the stream if the write failed or the
+    /// stream was aborted meanwhile.
     fn complete(&self, key: usize, stream: TcpStream, result: io::Result<usize>) {
         let mut slab = self.slab.borrow_mut();
-        let Some(slot) = slab.get_mut(key) else {
-            return; // closed at shutdown while the write was in flight
+        let Some(slot) = slab.get_mut(key).filter(|s| s.fd == stream.as_raw_fd()) else {
+            // Closed at shutdown, or aborted and removed by a walk while the write was parked
+            // (the key may hold a newer stream by now): dropping the socket closes it.
+            return;
         };
-        match result {
-            Ok(n) if !slot.aborted => {
-                slot.stream = Some(stream);
-                slot.skips = 0;
+        match (&slot.state, result) {
+            (State::Writing { .. }, Ok(n)) => {
+                slot.state = State::Idle(stream);
                 self.stats.inc(&self.stats.frames_sent);
                 self.stats.add(&self.stats.bytes_sent, n as u64);
             }
-            Ok(_) => self.remove(&mut slab, key, CloseReason::SkipsExceeded),
-            Err(e) => {
-                let why = if slot.aborted {
-                    CloseReason::SkipsExceeded
-                } else {
-                    CloseReason::from_write_error(&e)
-                };
+            (State::Writing { .. }, Err(e)) => {
+                let why = CloseReason::from_write_error(&e);
                 tracing::debug!(key, error = %e, ?why, "stream closed");
                 self.remove(&mut slab, key, why);
             }
+            (State::Aborted, _) => self.remove(&mut slab, key, CloseReason::SkipsExceeded),
+            (State::Idle(_), _) => {
+                // A write came back for a socket that is in its slot: cannot happen (a stream has
+                // at most one write in flight). Keep the slot; drop the stray socket.
+                debug_assert!(false, "a write returned for an idle tick stream");
+            }
         }
-        // `stream` (if not put back) is dropped here, after the borrow: that closes it.
+        // `stream` (if not put back) is dropped after the borrow: that closes it.
     }
 }
 
@@ -397,20 +418,38 @@ impl Walker {
         M: Fn(Key, TcpStream, Bytes) -> F,
     {
         let started = Instant::now();
+        // Writes that returned while the core was busy (the tick's timer can win over their
+        // wake-ups): put their sockets back first, so that they are written to rather than counted
+        // as skips, and an aborted stream whose write did return is not taken for a stuck one.
+        std::future::poll_fn(|cx| {
+            while let Poll::Ready(Some(done)) = inflight.poll_next_unpin(cx) {
+                self.complete(done);
+            }
+            Poll::Ready(())
+        })
+        .await;
         let mut cursor = 0;
         // Writes parked from earlier walks (clients that stopped reading) do not count against
         // this walk's batch.
         let mut limit = inflight.len() + self.max_inflight;
+        let mut reaped = 0;
         loop {
             let end = {
                 let mut slab = self.streams.slab.borrow_mut();
                 let end = slab.capacity();
                 while cursor < end && inflight.len() < limit {
                     if let Some(slot) = slab.get_mut(cursor) {
-                        if let Some(stream) = slot.stream.take() {
-                            inflight.push(make(Key::Tick(cursor), stream, frame.clone()));
-                        } else if !slot.aborted {
-                            self.skip(slot);
+                        match std::mem::replace(&mut slot.state, State::Writing { skips: 0 }) {
+                            State::Idle(stream) => {
+                                inflight.push(make(Key::Tick(cursor), stream, frame.clone()))
+                            }
+                            State::Writing { skips } => slot.state = self.skip(slot.fd, skips),
+                            State::Aborted => {
+                                // Shut down a whole tick ago and its write has not returned: do
+                                // not hold its place any longer (see `reap`).
+                                self.streams.reap(&mut slab, cursor);
+                                reaped += 1;
+                            }
                         }
                     }
                     cursor += 1;
@@ -435,19 +474,471 @@ impl Walker {
         // is what it holds, not the high-water mark of the last connect burst.
         // SAFETY: mi_collect only touches the calling thread's heap.
         unsafe { libmimalloc_sys::mi_collect(false) };
+        if reaped > 0 {
+            tracing::warn!(
+                streams = reaped,
+                "removed streams whose write had not returned a tick after they were shut down \
+                 for not reading; each socket closes when its write returns"
+            );
+        }
         let took = started.elapsed().as_micros() as u64;
         self.stats.max(&self.stats.walk_us_max, took);
         self.stats.walk.record_us(took);
     }
 
-    fn skip(&self, slot: &mut Slot) {
-        slot.skips = slot.skips.saturating_add(1);
+    /// A stream whose write is still in flight at a tick skips it; at `--max-skips` in a row it
+    /// is aborted. Returns its new state.
+    fn skip(&self, fd: RawFd, skips: u8) -> State {
+        let skips = skips.saturating_add(1);
         self.stats.inc(&self.stats.frames_skipped);
-        if slot.skips >= self.max_skips {
-            // The write is parked on a full send buffer: shut the socket under it. The write then
-            // fails, comes back through `complete`, and the stream is removed there.
-            slot.aborted = true;
-            net::abort(slot.fd);
+        if skips < self.max_skips {
+            return State::Writing { skips };
         }
+        // The write is parked on a full send buffer: shut the socket under it. The write then
+        // fails, comes back through `complete`, and the stream is removed there; if it has not
+        // come back by the next walk (the shutdown failed, or the write never wakes), that walk
+        // removes the stream anyway.
+        net::abort(fd);
+        State::Aborted
+    }
+}
+
+/// The tick slab and the walk on their own, on real loopback sockets, under each driver. The
+/// writes are either real (`write_frame`) or stand-ins whose completion the test releases, so
+/// nothing here depends on timing: every wait is on a completion the test caused.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::Limits;
+    use crate::hub::Hub;
+    use futures::channel::oneshot;
+    use futures::FutureExt;
+
+    /// Bound for anything that must happen "soon" (a loaded 2-core machine).
+    const PATIENCE: Duration = Duration::from_secs(20);
+
+    /// Runs the scenario on an epoll runtime, and on an io_uring one where the kernel has it.
+    fn each_driver<F: Future<Output = ()>>(scenario: impl Fn() -> F) {
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap()
+            .block_on(scenario());
+        if monoio::utils::detect_uring() {
+            monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                .enable_timer()
+                .build()
+                .unwrap()
+                .block_on(scenario());
+        }
+    }
+
+    struct Core {
+        walker: Walker,
+        streams: Rc<Streams>,
+        cap: Arc<StreamCap>,
+        stats: Arc<WorkerStats>,
+        /// The client ends, kept open.
+        clients: Vec<std::net::TcpStream>,
+    }
+
+    impl Core {
+        fn new(max_inflight: usize, max_skips: u8) -> Core {
+            let cfg = Config {
+                max_inflight,
+                max_skips,
+                ..Config::default()
+            };
+            let cap = Arc::new(StreamCap::new(1000));
+            let stats = Arc::new(WorkerStats::default());
+            let streams = Rc::new(Streams::new(cap.clone(), stats.clone()));
+            let limits = Limits {
+                per_channel: 16,
+                bytes: 1 << 20,
+                age: Duration::from_secs(60),
+            };
+            let (hub, _) = Hub::new(limits, 1);
+            let subs = Rc::new(Subs::new(
+                hub,
+                None,
+                cap.clone(),
+                stats.clone(),
+                1 << 20,
+                max_skips,
+            ));
+            Core {
+                walker: Walker::new(streams.clone(), subs, stats.clone(), &cfg),
+                streams,
+                cap,
+                stats,
+                clients: Vec::new(),
+            }
+        }
+
+        /// A connected loopback socket, server end; small buffers, and the client never reads.
+        fn socket(&mut self) -> TcpStream {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let client =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            client.set_recv_buffer_size(4096).unwrap();
+            client
+                .connect(&listener.local_addr().unwrap().into())
+                .unwrap();
+            let (server, _) = listener.accept().unwrap();
+            socket2::SockRef::from(&server)
+                .set_send_buffer_size(4096)
+                .unwrap();
+            server.set_nonblocking(true).unwrap();
+            self.clients.push(client.into());
+            TcpStream::from_std(server).unwrap()
+        }
+
+        /// Opens a stream the way `conn.rs` does: a place under the cap, then the slab.
+        fn open(&mut self) -> usize {
+            let s = self.socket();
+            assert!(self.cap.try_reserve());
+            self.streams.insert(s)
+        }
+
+        fn state(&self, key: usize) -> Option<&'static str> {
+            self.streams.slab.borrow().get(key).map(|s| match s.state {
+                State::Idle(_) => "idle",
+                State::Writing { .. } => "writing",
+                State::Aborted => "aborted",
+            })
+        }
+
+        fn skips(&self, key: usize) -> Option<u8> {
+            match self.streams.slab.borrow().get(key)?.state {
+                State::Writing { skips } => Some(skips),
+                _ => None,
+            }
+        }
+    }
+
+    /// Stand-in writes: each one returns only when the test sends its result through the gate
+    /// recorded for it (in the order the writes were started).
+    #[derive(Clone, Default)]
+    struct Gates(Rc<RefCell<Vec<Gate>>>);
+
+    /// A started write's key, and the sender that makes it return.
+    type Gate = (usize, oneshot::Sender<io::Result<usize>>);
+
+    impl Gates {
+        fn make(&self) -> impl Fn(Key, TcpStream, Bytes) -> GatedWrite + '_ {
+            move |key, stream, _frame| {
+                let Key::Tick(k) = key else {
+                    panic!("a channel write in a tick walk")
+                };
+                let (tx, rx) = oneshot::channel();
+                self.0.borrow_mut().push((k, tx));
+                Box::pin(async move {
+                    let result = rx
+                        .await
+                        .unwrap_or_else(|_| Err(io::ErrorKind::Other.into()));
+                    Done {
+                        key,
+                        stream,
+                        result,
+                    }
+                })
+            }
+        }
+
+        /// Keys of the writes started so far, in order.
+        fn keys(&self) -> Vec<usize> {
+            self.0.borrow().iter().map(|(k, _)| *k).collect()
+        }
+
+        /// Lets every write started so far return `Ok`.
+        fn release_all(&self) -> usize {
+            let gates: Vec<_> = self.0.borrow_mut().drain(..).collect();
+            let n = gates.len();
+            for (_, tx) in gates {
+                let _ = tx.send(Ok(1));
+            }
+            n
+        }
+    }
+
+    type GatedWrite = std::pin::Pin<Box<dyn Future<Output = Done>>>;
+
+    /// Collects `n` completions (each one released by the test) and applies them.
+    async fn collect<F: Future<Output = Done>>(
+        core: &Core,
+        inflight: &mut FuturesUnordered<F>,
+        n: usize,
+    ) {
+        for _ in 0..n {
+            let done = monoio::time::timeout(PATIENCE, inflight.next())
+                .await
+                .expect("a released write returns")
+                .expect("a write in flight");
+            core.walker.complete(done);
+        }
+    }
+
+    fn frame() -> Bytes {
+        Bytes::from_static(b"id: 1\nevent: message\ndata: hello\n\n")
+    }
+
+    #[test]
+    fn skips_count_consecutive_ticks_and_reset_when_a_write_returns() {
+        each_driver(|| async {
+            let mut core = Core::new(64, 3);
+            let key = core.open();
+            let gates = Gates::default();
+            let make = gates.make();
+            let mut inflight = FuturesUnordered::new();
+            core.walker.walk(frame(), &mut inflight, &make).await;
+            assert_eq!(
+                (core.state(key), core.skips(key)),
+                (Some("writing"), Some(0))
+            );
+            core.walker.walk(frame(), &mut inflight, &make).await;
+            assert_eq!(core.skips(key), Some(1));
+            assert_eq!(core.stats.frames_skipped.load(Ordering::Relaxed), 1);
+            // The write returns: the socket is back, and the count starts over.
+            assert_eq!(gates.release_all(), 1);
+            collect(&core, &mut inflight, 1).await;
+            assert_eq!(core.state(key), Some("idle"));
+            for skips in [0, 1, 2] {
+                core.walker.walk(frame(), &mut inflight, &make).await;
+                assert_eq!(core.skips(key), Some(skips), "not carried over");
+            }
+            assert_eq!(core.stats.frames_skipped.load(Ordering::Relaxed), 3);
+            assert_eq!(gates.keys(), vec![key]);
+            // The third skip in a row aborts it.
+            core.walker.walk(frame(), &mut inflight, &make).await;
+            assert_eq!(core.state(key), Some("aborted"));
+            assert_eq!(core.stats.frames_skipped.load(Ordering::Relaxed), 4);
+            // An aborted stream is not skipped again: its write's return removes it.
+            gates.release_all();
+            collect(&core, &mut inflight, 1).await;
+            assert_eq!(core.state(key), None);
+            let s = core.stats.snapshot();
+            assert_eq!((s.closed_skips, s.streams_open, s.frames_sent), (1, 0, 1));
+            assert_eq!(s.stuck_writes_reaped, 0);
+            assert_eq!(core.cap.open(), 0);
+        });
+    }
+
+    #[test]
+    fn a_write_that_returned_before_the_tick_is_not_a_skip() {
+        each_driver(|| async {
+            let mut core = Core::new(64, 2);
+            let key = core.open();
+            let gates = Gates::default();
+            let make = gates.make();
+            let mut inflight = FuturesUnordered::new();
+            core.walker.walk(frame(), &mut inflight, &make).await;
+            for _ in 0..3 {
+                // The write returns, but the core loop has not collected it when the tick comes.
+                gates.release_all();
+                core.walker.walk(frame(), &mut inflight, &make).await;
+                assert_eq!(
+                    (core.state(key), core.skips(key)),
+                    (Some("writing"), Some(0))
+                );
+            }
+            let s = core.stats.snapshot();
+            assert_eq!((s.frames_sent, s.frames_skipped, s.closed_skips), (3, 0, 0));
+        });
+    }
+
+    #[test]
+    fn a_non_reader_is_shut_down_under_its_parked_write_and_removed() {
+        let mut clients = std::cell::RefCell::new(Vec::new());
+        each_driver(|| async {
+            let mut core = Core::new(64, 3);
+            let key = core.open();
+            // Far more than the two small socket buffers hold: the write parks.
+            let big = Bytes::from(vec![b'x'; 1 << 20]);
+            let mut inflight = FuturesUnordered::new();
+            core.walker
+                .walk(big.clone(), &mut inflight, write_frame)
+                .await;
+            assert!(inflight.next().now_or_never().is_none(), "the write parks");
+            for _ in 0..3 {
+                core.walker
+                    .walk(big.clone(), &mut inflight, write_frame)
+                    .await;
+            }
+            assert_eq!(core.state(key), Some("aborted"));
+            // The shutdown wakes the parked write with an error; its return removes the stream.
+            let done = monoio::time::timeout(PATIENCE, inflight.next())
+                .await
+                .expect("the aborted write returns")
+                .expect("a write in flight");
+            assert!(done.result.is_err(), "{:?}", done.result);
+            core.walker.complete(done);
+            assert_eq!(core.state(key), None);
+            let s = core.stats.snapshot();
+            assert_eq!(
+                (s.closed_skips, s.frames_skipped, s.streams_open),
+                (1, 3, 0)
+            );
+            assert_eq!(s.stuck_writes_reaped, 0);
+            assert_eq!(core.cap.open(), 0);
+            clients.borrow_mut().append(&mut core.clients);
+        });
+        // The runtimes are gone and every server socket with them: each client's stream ends
+        // (reset, or EOF), however slowly it reads.
+        for mut c in clients.get_mut().drain(..) {
+            use std::io::Read;
+            c.set_read_timeout(Some(PATIENCE)).unwrap();
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                match c.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(_) => continue,
+                    Err(e) => {
+                        assert_ne!(e.kind(), io::ErrorKind::WouldBlock, "the stream ended");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_aborted_write_that_never_returns_is_removed_at_the_next_walk() {
+        each_driver(|| async {
+            let mut core = Core::new(64, 2);
+            let stuck = core.open();
+            let other = core.open();
+            let gates = Gates::default();
+            let make = gates.make();
+            let mut inflight = FuturesUnordered::new();
+            core.walker.walk(frame(), &mut inflight, &make).await;
+            // `other` reads; `stuck` does not, and its write never returns, not even after the
+            // abort.
+            let release_other = |gates: &Gates| {
+                let mut g = gates.0.borrow_mut();
+                let i = g.iter().position(|(k, _)| *k == other).unwrap();
+                let (_, tx) = g.remove(i);
+                let _ = tx.send(Ok(1));
+            };
+            release_other(&gates);
+            collect(&core, &mut inflight, 1).await;
+            for _ in 0..2 {
+                core.walker.walk(frame(), &mut inflight, &make).await;
+                release_other(&gates);
+                collect(&core, &mut inflight, 1).await;
+            }
+            assert_eq!(core.state(stuck), Some("aborted"));
+            assert_eq!(core.cap.open(), 2);
+            // The next walk removes it: slot, place under the cap, counted.
+            core.walker.walk(frame(), &mut inflight, &make).await;
+            assert_eq!(core.state(stuck), None);
+            assert_eq!(core.state(other), Some("writing"));
+            assert_eq!(core.cap.open(), 1);
+            let s = core.stats.snapshot();
+            assert_eq!(
+                (s.closed_skips, s.stuck_writes_reaped, s.streams_open),
+                (1, 1, 1)
+            );
+            // A new stream takes the freed key. When the old write does come back at last, it
+            // must not touch the new stream's slot.
+            let fresh = core.open();
+            assert_eq!(fresh, stuck, "the slab reuses the key");
+            assert_eq!(core.state(fresh), Some("idle"));
+            gates.release_all();
+            collect(&core, &mut inflight, 2).await;
+            assert_eq!(core.state(fresh), Some("idle"));
+            assert_eq!(core.state(other), Some("idle"));
+            let s = core.stats.snapshot();
+            assert_eq!((s.closed_skips, s.streams_open), (1, 2));
+            assert_eq!(core.cap.open(), 2);
+            // ...and it is written to at the next tick like any other.
+            core.walker.walk(frame(), &mut inflight, &make).await;
+            assert_eq!(core.state(fresh), Some("writing"));
+            assert_eq!(gates.keys().len(), 2);
+        });
+    }
+
+    #[test]
+    fn a_full_batch_that_never_completes_is_widened_until_every_write_started() {
+        each_driver(|| async {
+            let mut core = Core::new(2, 3);
+            let keys: Vec<usize> = (0..7).map(|_| core.open()).collect();
+            let gates = Gates::default();
+            let make = gates.make();
+            let mut inflight = FuturesUnordered::new();
+            // No write ever completes: the walk must still start every one.
+            monoio::time::timeout(PATIENCE, core.walker.walk(frame(), &mut inflight, &make))
+                .await
+                .expect("the walk does not wait for parked writes forever");
+            assert_eq!(gates.keys(), keys);
+            assert_eq!(inflight.len(), keys.len());
+            // Writes parked from that walk do not shrink the next one's batch.
+            let more: Vec<usize> = (0..3).map(|_| core.open()).collect();
+            monoio::time::timeout(PATIENCE, core.walker.walk(frame(), &mut inflight, &make))
+                .await
+                .expect("the second walk ends too");
+            assert_eq!(gates.keys()[keys.len()..], more[..]);
+            assert_eq!(core.stats.frames_skipped.load(Ordering::Relaxed), 7);
+        });
+    }
+
+    #[test]
+    fn streams_that_arrive_mid_walk_get_at_most_one_write_per_tick() {
+        each_driver(|| async {
+            let mut core = Core::new(1, 3);
+            for _ in 0..5 {
+                core.open();
+            }
+            // Key 1 leaves: a hole the slab will fill first.
+            {
+                let mut slab = core.streams.slab.borrow_mut();
+                core.streams.remove(&mut slab, 1, CloseReason::ClientGone);
+            }
+            // Two connections become streams while the walk waits on its batch of one: the
+            // first arrives behind the cursor (in the hole), the second ahead of it.
+            let arriving: RefCell<Vec<TcpStream>> =
+                RefCell::new((0..2).map(|_| core.socket()).collect());
+            let written = RefCell::new(Vec::new());
+            let streams = core.streams.clone();
+            let cap = core.cap.clone();
+            let make = |key: Key, stream: TcpStream, _frame: Bytes| {
+                let Key::Tick(k) = key else { panic!() };
+                written.borrow_mut().push(k);
+                let arrive = (k == 2 || k == 3)
+                    .then(|| arriving.borrow_mut().pop())
+                    .flatten();
+                let (streams, cap) = (streams.clone(), cap.clone());
+                async move {
+                    // Runs while the walk is suspended, like a connection task would.
+                    if let Some(s) = arrive {
+                        assert!(cap.try_reserve());
+                        streams.insert(s);
+                    }
+                    Done {
+                        key,
+                        stream,
+                        result: Ok(1),
+                    }
+                }
+            };
+            let mut inflight = FuturesUnordered::new();
+            core.walker.walk(frame(), &mut inflight, &make).await;
+            while let Some(done) = inflight.next().await {
+                core.walker.complete(done);
+            }
+            assert_eq!(
+                *written.borrow(),
+                vec![0, 2, 3, 4, 5],
+                "key 1 arrived behind the cursor"
+            );
+            assert_eq!(core.streams.slab.borrow().len(), 6);
+            assert_eq!(core.stats.frames_skipped.load(Ordering::Relaxed), 0);
+            written.borrow_mut().clear();
+            core.walker.walk(frame(), &mut inflight, &make).await;
+            while let Some(done) = inflight.next().await {
+                core.walker.complete(done);
+            }
+            assert_eq!(*written.borrow(), vec![0, 1, 2, 3, 4, 5]);
+            assert_eq!(core.stats.frames_sent.load(Ordering::Relaxed), 11);
+        });
     }
 }
