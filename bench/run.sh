@@ -31,7 +31,16 @@
 #   --no-build             use the binaries already built
 #   --no-sysctl            do not try to change sysctls
 #   --no-readme            do not regenerate DIR/README.md
+#   --scenario NAME        another scenario instead of the ladder, with its own options after it:
+#                          `publish` (bench/publish.sh: published events vs nchan, intake, flood)
 set -euo pipefail
+
+if [ "${1:-}" = --scenario ]; then
+    case ${2:-} in
+        publish) shift 2; exec "$(dirname "$0")/publish.sh" "$@" ;;
+        *) echo "run.sh: unknown scenario ${2:-} (publish)" >&2; exit 2 ;;
+    esac
+fi
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 bench=$root/bench
