@@ -44,7 +44,10 @@ impl EndOk for SseClient {
     }
 }
 
+/// Runs the binary to its end: one that fails to start exits by itself; one that starts is sent
+/// SIGTERM once its banner (`listening on`) is out. Returns its exit code and its stderr.
 fn run_to_exit(args: &[&str], seccomp_errno: Option<i32>) -> (Option<i32>, String) {
+    use std::io::{BufRead, BufReader};
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringcast"));
     cmd.args(["--admin-listen", "127.0.0.1:0"])
         .args(args)
@@ -55,19 +58,52 @@ fn run_to_exit(args: &[&str], seccomp_errno: Option<i32>) -> (Option<i32>, Strin
     if let Some(errno) = seccomp_errno {
         unsafe { cmd.pre_exec(move || deny_io_uring(errno)) };
     }
-    let child = cmd.spawn().unwrap();
-    let pid = child.id() as i32;
-    // A server that starts keeps running: stop it once its banner is out.
-    let killer = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(3));
-        unsafe { libc::kill(pid, libc::SIGTERM) };
+    let mut child = cmd.spawn().unwrap();
+    // stderr is read on its own thread (so its pipe never fills) and shared line by line.
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let stderr = child.stderr.take().unwrap();
+    let sink = log.clone();
+    let reading = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            sink.lock().unwrap().push(line);
+        }
     });
-    let out = child.wait_with_output().unwrap();
-    let _ = killer.join();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
+    let deadline = Instant::now() + PATIENCE;
+    let mut signalled = false;
+    let status = loop {
+        // `try_wait` reaps the child only once it has exited; until then its pid is ours and
+        // cannot be reused, so the signal below can only reach this server.
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        let started = log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("listening on http://"));
+        if started && !signalled {
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            signalled = true;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the server neither exited nor started{}; log:\n{}",
+                if signalled {
+                    " (nor stopped after SIGTERM)"
+                } else {
+                    ""
+                },
+                log.lock().unwrap().join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    reading.join().unwrap();
+    let log = log.lock().unwrap().join("\n");
+    (status.code(), log)
 }
 
 /// Installs a seccomp filter that fails io_uring_setup with `errno`, as Docker's default profile

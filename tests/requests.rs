@@ -217,7 +217,7 @@ fn connect_is_refused_with_allow_and_closed(driver: &str) {
     // Methods are case-sensitive: `connect` is just another method, answered `ok`.
     let r = request(server.addr, b"connect / HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(r, OK);
-    wait_for_metric(
+    wait_for_series(
         &server,
         "ringcast_connections_rejected_total{worker=\"total\",reason=\"other\"}",
         1.0,
@@ -276,20 +276,4 @@ fn idle_kept_alive_connection_is_closed_without_an_answer(driver: &str) {
     assert_eq!(read_response(&mut s), OK);
     let r = read_response(&mut s);
     assert!(r.starts_with("HTTP/1.1 408 "), "{r}");
-}
-
-/// Waits until a `/metrics` series reaches `want`.
-fn wait_for_metric(server: &TestServer, series_name: &str, want: f64) {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let got = series(&admin_get(server, "/metrics"), series_name);
-        if got == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{series_name} is {got}, not {want}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }

@@ -13,6 +13,9 @@ both_drivers!(two_thousand_streams_receive_every_tick);
 
 const STREAMS: usize = 2000;
 const INTERVAL_MS: u64 = 250;
+/// Of the window's 6 ticks, how many a core may have skipped (and logged) and still pass: a core
+/// descheduled for over half a second on a loaded machine, not more.
+const MAX_FORGIVEN: usize = 2;
 
 fn two_thousand_streams_receive_every_tick(driver: &str) {
     rlimit::increase_nofile_limit(u64::MAX).unwrap();
@@ -45,8 +48,15 @@ fn two_thousand_streams_receive_every_tick(driver: &str) {
         (first, last, results)
     });
     // A core that is descheduled for over an interval (a loaded CI machine) skips the ticks it
-    // missed, for all its streams, and logs them; those are not a stream's loss.
+    // missed, for all its streams, and logs them; those are not a stream's loss. But only a few
+    // may be forgiven: a server that skipped most of the window (or every tick) has failed.
     let skipped = server.skipped_ticks();
+    let forgiven: Vec<u64> = (first..=last).filter(|t| skipped.contains(t)).collect();
+    assert!(
+        forgiven.len() <= MAX_FORGIVEN,
+        "the server logged {forgiven:?} of the ticks {first}..={last} as missed: more than a \
+         loaded machine excuses"
+    );
     let mut missing = Vec::new();
     let want: Vec<u64> = (first..=last).filter(|t| !skipped.contains(t)).collect();
     for (i, ids) in results.into_iter().enumerate() {

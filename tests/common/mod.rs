@@ -816,3 +816,91 @@ impl Sub {
         e.id.expect("id: <position>")
     }
 }
+
+// ---- waiting on observable state ----
+
+/// Waits until a `/metrics` series (exact name and labels) equals `want`; panics after
+/// [`PATIENCE`] with the last value seen.
+pub fn wait_for_series(server: &TestServer, name: &str, want: f64) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let got = series(&admin_get(server, "/metrics"), name);
+        if got == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} is {got}, not {want}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// An SSE client that reads tick events on its own thread, as fast as it can, until stopped: its
+/// pace does not depend on what the test thread does meanwhile.
+pub struct ReaderThread {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    seen: Arc<Mutex<Vec<Event>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ReaderThread {
+    pub fn start(mut client: SseClient) -> ReaderThread {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (stopping, sink) = (stop.clone(), seen.clone());
+        let thread = std::thread::spawn(move || {
+            while !stopping.load(std::sync::atomic::Ordering::Acquire) {
+                match client.next_event() {
+                    Some(e) if e.id.is_some() => sink.lock().unwrap().push(e),
+                    Some(_) => {}
+                    None => break, // EOF: `stop` reports what came before it
+                }
+            }
+        });
+        ReaderThread {
+            stop,
+            seen,
+            thread: Some(thread),
+        }
+    }
+
+    /// Tick events received so far.
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    /// Waits until `n` tick events in all have arrived.
+    pub fn wait_for(&self, n: usize) {
+        let deadline = Instant::now() + PATIENCE;
+        while self.count() < n {
+            assert!(
+                !self.thread.as_ref().is_some_and(|t| t.is_finished()),
+                "the stream ended after {} events",
+                self.count()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "{} of {n} events arrived",
+                self.count()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Stops reading (after the next event) and returns every tick event received.
+    pub fn stop(mut self) -> Vec<Event> {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            if let Err(panic) = t.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+}
+
+impl Drop for ReaderThread {
+    fn drop(&mut self) {
+        // Not joined: a reader blocked on a live stream ends when the server (and so the
+        // stream) goes away with the test.
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
