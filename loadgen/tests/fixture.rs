@@ -1,7 +1,8 @@
 //! End-to-end tests of the loadgen binary against the throwaway fixture server: a ticking
 //! stream (plain and chunked) with every section of the result file checked, reconnection
 //! with Last-Event-ID after the server closes streams, and the failure classification of a
-//! closed port, a 404 and a non-SSE 200. Assertions are on counts, never on timings.
+//! closed port, a 404 and a non-SSE 200, and `--reconnect-every` on tick streams.
+//! Assertions are on counts, never on timings.
 
 mod support;
 
@@ -495,4 +496,50 @@ fn server_info_is_stored_and_its_interval_checked() {
         "{notes:?}"
     );
     assert!(stdout.contains("server info: {"), "{stdout}");
+}
+
+#[test]
+fn reconnect_every_works_on_tick_streams_too() {
+    let fixture = Fixture::start(Mode::Ticks {
+        interval_ms: 100,
+        chunked: false,
+    });
+    let (r, stdout) = run_loadgen(
+        &[
+            "--url",
+            &fixture.url(),
+            "-c",
+            "6",
+            "--duration",
+            "1500ms",
+            "--interval",
+            "100ms",
+            "--reconnect-every",
+            "300ms",
+        ],
+        LIMIT,
+    );
+    assert!(counter(&r, "scheduled_reconnects") > 0, "{stdout}");
+    assert_eq!(
+        counter(&r, "reconnects"),
+        counter(&r, "scheduled_reconnects"),
+        "{stdout}"
+    );
+    assert_eq!(counter(&r, "streams_ended"), 0, "{stdout}");
+    assert_eq!(
+        r["counters"]["failed"].as_object().map_or(0, |m| m.len()),
+        0,
+        "{stdout}"
+    );
+    // ticks are not replayed: a resumed stream may have missed some, never repeated one
+    assert_eq!(counter(&r, "duplicates"), 0, "{stdout}");
+    let resumed = fixture
+        .last_event_ids
+        .lock()
+        .unwrap()
+        .iter()
+        .flatten()
+        .count();
+    assert!(resumed > 0, "resumptions carry Last-Event-ID");
+    assert!(!stdout.contains("published events"), "{stdout}");
 }
