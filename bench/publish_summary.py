@@ -124,12 +124,13 @@ def main(argv):
         "ratio_medians": medians,
     }
     for case, rec in extra.items():
+        w = rec.get("wrk") or rec
         summary[case] = {
-            "requests_per_s": rec.get("requests_per_s"),
-            "requests": rec.get("requests"),
-            "non_2xx_3xx": rec.get("non_2xx_3xx"),
-            "socket_errors": rec.get("socket_errors"),
-            "latency_percentiles_us": rec.get("latency_percentiles_us"),
+            "requests_per_s": w.get("requests_per_s"),
+            "requests": w.get("requests"),
+            "non_2xx_3xx": w.get("non_2xx_3xx"),
+            "socket_errors": w.get("socket_errors"),
+            "latency_percentiles_us": w.get("latency_percentiles_us"),
             "rss_before_bytes": (rec.get("server_before") or {}).get("server_tree_rss_bytes"),
             "rss_after_bytes": (rec.get("server_after") or {}).get("server_tree_rss_bytes"),
             "history_bytes_after": metric(rec.get("server_metrics"), "ringcast_history_bytes"),
