@@ -166,6 +166,8 @@ async fn accept_loop(listener: TcpListener, state: Rc<State>) {
                     continue;
                 }
                 open.set(open.get() + 1);
+                // Request/response: answers leave at once, never behind Nagle.
+                let _ = conn.set_nodelay(true);
                 let (state, open) = (state.clone(), open.clone());
                 monoio::spawn(async move {
                     serve(conn, &state).await;
