@@ -657,6 +657,12 @@ const FAMILIES: &[Family] = &[
         |s| s.heartbeats_skipped as f64,
     ),
     (
+        "stuck_writes_reaped_total",
+        "counter",
+        "Streams shut down for skips whose parked write never returned, removed at the next walk.",
+        |s| s.stuck_writes_reaped as f64,
+    ),
+    (
         "tick_walk_seconds_max",
         "gauge",
         "Longest tick walk.",
@@ -785,11 +791,12 @@ pub fn metrics(state: &State) -> String {
     for w in &state.workers {
         let _ = writeln!(
             out,
-            "ringcast_info{{worker=\"{}\",version=\"{}\",kernel=\"{}\",driver=\"{}\"}} 1",
+            "ringcast_info{{worker=\"{}\",version=\"{}\",kernel=\"{}\",driver=\"{}\",uring_flags=\"{}\"}} 1",
             w.id,
             env!("CARGO_PKG_VERSION"),
             state.kernel,
-            w.driver
+            w.driver,
+            w.uring_flags.map_or("none".to_string(), |f| f.to_string())
         );
     }
     let _ = writeln!(
@@ -936,6 +943,8 @@ pub fn info(state: &State) -> String {
                 "driver": w.driver.to_string(),
                 "core": w.core,
                 "fallback_reason": w.fallback,
+                "uring_flags": w.uring_flags.map(|f| f.to_string()),
+                "uring_flags_refused": w.flags_refused,
             })
         })
         .collect();
@@ -994,6 +1003,7 @@ pub fn info(state: &State) -> String {
         "config": {
             "driver_requested": format!("{:?}", cfg.driver).to_lowercase(),
             "ring_entries": cfg.ring_entries,
+            "uring_flags_requested": format!("{:?}", cfg.uring_flags).to_lowercase(),
             "pin": cfg.pin,
             "retry_ms": cfg.retry,
             "cors_origins": cors,

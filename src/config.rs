@@ -47,6 +47,11 @@ pub struct Args {
           value_parser = clap::value_parser!(u32).range(256..))]
     pub ring_entries: u32,
 
+    /// io_uring setup flags: auto takes the first set the kernel accepts of defer
+    /// (SINGLE_ISSUER|DEFER_TASKRUN), coop (COOP_TASKRUN|TASKRUN_FLAG), none.
+    #[arg(long, value_enum, default_value_t = crate::ring_flags::Choice::Auto, value_name = "FLAGS")]
+    pub uring_flags: crate::ring_flags::Choice,
+
     /// Tick interval: every stream gets one event per interval, at wall-clock multiples of it.
     #[arg(long, default_value = "2s", value_parser = parse_interval, value_name = "DURATION")]
     pub interval: Duration,
@@ -273,6 +278,7 @@ pub struct Config {
     pub pin: bool,
     pub driver: DriverChoice,
     pub ring_entries: u32,
+    pub uring_flags: crate::ring_flags::Choice,
     pub interval: Duration,
     pub event: String,
     pub data: String,
@@ -312,6 +318,7 @@ impl Config {
             pin: !args.no_pin,
             driver: args.driver,
             ring_entries: args.ring_entries,
+            uring_flags: args.uring_flags,
             interval: args.interval,
             event: args.event.clone(),
             data: args.data.clone(),

@@ -18,6 +18,7 @@
 //! - [`publish`]: the publish request's checks (fuzzed);
 //! - [`engine`]: cluster mode, one event stream for many nodes through Redis Streams;
 //! - [`worker`]: one pinned runtime (driver choice, accept loop);
+//! - [`ring_flags`]: io_uring setup flags and their fallback chain;
 //! - [`server`]: start-up, banner, shutdown;
 //! - [`net`], [`metrics`]: sockets and fd limits, per-worker counters;
 //! - [`admin`]: `POST /publish`, `/metrics`, `/healthz`, `/info` on a separate listener.
@@ -33,6 +34,7 @@ pub mod hub;
 pub mod metrics;
 pub mod net;
 pub mod publish;
+pub mod ring_flags;
 pub mod server;
 pub mod session;
 pub mod sse;

@@ -267,7 +267,14 @@ impl Server {
                 Some(why) => tracing::warn!(worker = w.id, core = %core, driver = %w.driver,
                     "io_uring unavailable, fell back to epoll: {why}"),
                 None => {
-                    tracing::info!(worker = w.id, core = %core, driver = %w.driver, "worker serving")
+                    let flags = w.uring_flags.map_or("-".to_string(), |f| f.to_string());
+                    tracing::info!(worker = w.id, core = %core, driver = %w.driver, uring_flags = %flags, "worker serving");
+                    for why in &w.flags_refused {
+                        tracing::info!(
+                            worker = w.id,
+                            "ring setup flags refused by this kernel: {why}"
+                        );
+                    }
                 }
             }
         }

@@ -1,9 +1,11 @@
 //! What this kernel's io_uring offers, for `ringcast --probe-uring`: whether a ring can be set up
 //! (and the error if not), `kernel.io_uring_disabled`, the IORING_FEAT_* flags of a fresh ring and
-//! the opcodes IORING_REGISTER_PROBE reports. Printed as JSON so benchmark harnesses (e.g. the
+//! the opcodes IORING_REGISTER_PROBE reports, and which ring setup flag sets the kernel accepts
+//! (what `--uring-flags auto` would choose). Printed as JSON so benchmark harnesses (e.g. the
 //! cross-kernel matrix) can store it next to their results.
 
 use crate::net::kernel_release;
+use crate::ring_flags::{Choice, Flags};
 
 /// IORING_OP_* names by opcode number (include/uapi/linux/io_uring.h).
 const OPCODES: [&str; 62] = [
@@ -118,10 +120,28 @@ pub fn probe() -> serde_json::Value {
         }
         Err(e) => (Vec::new(), Some(e.to_string())),
     };
+    // The setup flag sets `--uring-flags auto` tries, and what `auto` would take.
+    let mut setup_flags = serde_json::Map::new();
+    let mut auto = None;
+    for &f in Flags::chain(Choice::Auto) {
+        let r = f.accepted();
+        if r.is_ok() && auto.is_none() {
+            auto = Some(f.to_string());
+        }
+        setup_flags.insert(
+            f.to_string(),
+            match r {
+                Ok(()) => serde_json::json!("ok"),
+                Err(e) => serde_json::json!(e.to_string()),
+            },
+        );
+    }
     serde_json::json!({
         "kernel": kernel_release(),
         "io_uring_disabled": disabled,
         "setup": "ok",
+        "setup_flags": setup_flags,
+        "uring_flags_auto": auto,
         "features": features,
         "opcodes": opcodes,
         "probe_error": probe_error,

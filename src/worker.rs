@@ -21,6 +21,7 @@ use crate::conn::{self, Core};
 use crate::engine::Engine;
 use crate::hub::{Hub, Inbox};
 use crate::metrics::WorkerStats;
+use crate::ring_flags::{self, Flags};
 use crate::streams::{StreamCap, Streams, Walker};
 use crate::subs::Subs;
 
@@ -50,6 +51,9 @@ pub struct Started {
     pub core: Option<usize>,
     /// Why `--driver auto` fell back to epoll, if it did.
     pub fallback: Option<String>,
+    /// The ring's setup flags (io_uring only), and the sets the kernel refused before it.
+    pub uring_flags: Option<Flags>,
+    pub flags_refused: Vec<String>,
 }
 
 /// Everything a worker thread needs.
@@ -90,13 +94,43 @@ pub fn uring_unavailable() -> Option<String> {
     None
 }
 
-fn build_uring(entries: u32) -> io::Result<Runtime> {
+fn build_uring_with(entries: u32, flags: Flags) -> io::Result<Runtime> {
     RuntimeBuilder::<IoUringDriver>::new()
+        .uring_builder(flags.builder())
         .with_entries(entries)
         .enable_timer()
         .build()
         .map(Into::into)
 }
+
+/// A ring with the first flag set of `choice` the kernel accepts: (runtime, flags, the sets
+/// refused with EINVAL before it). Any other error ends the chain.
+fn build_uring(
+    entries: u32,
+    choice: ring_flags::Choice,
+) -> Result<(Runtime, Flags, Vec<String>), io::Error> {
+    let mut refused = Vec::new();
+    let mut last = io::Error::from_raw_os_error(libc::EINVAL);
+    for &flags in Flags::chain(choice) {
+        match build_uring_with(entries, flags) {
+            Ok(rt) => return Ok((rt, flags, refused)),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                refused.push(format!("{flags}: {e}"));
+                last = e;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
+}
+
+/// What a built runtime is.
+type Built = (
+    Runtime,
+    Driver,
+    Option<String>,
+    Option<(Flags, Vec<String>)>,
+);
 
 fn build_epoll() -> io::Result<Runtime> {
     RuntimeBuilder::<LegacyDriver>::new()
@@ -105,14 +139,15 @@ fn build_epoll() -> io::Result<Runtime> {
         .map(Into::into)
 }
 
-/// Builds the runtime `choice` asks for: (runtime, driver, why auto fell back).
+/// Builds the runtime `choice` asks for: (runtime, driver, why auto fell back, ring flags).
 fn build_runtime(
     choice: DriverChoice,
     entries: u32,
-) -> Result<(Runtime, Driver, Option<String>), String> {
+    flags: ring_flags::Choice,
+) -> Result<Built, String> {
     let epoll = |fallback: Option<String>| {
         build_epoll()
-            .map(|rt| (rt, Driver::Epoll, fallback))
+            .map(|rt| (rt, Driver::Epoll, fallback, None))
             .map_err(|e| format!("cannot build the epoll runtime: {e}"))
     };
     match choice {
@@ -121,16 +156,16 @@ fn build_runtime(
             if let Some(why) = uring_unavailable() {
                 return Err(format!("--driver uring: io_uring is unavailable: {why}"));
             }
-            build_uring(entries)
-                .map(|rt| (rt, Driver::IoUring, None))
+            build_uring(entries, flags)
+                .map(|(rt, f, refused)| (rt, Driver::IoUring, None, Some((f, refused))))
                 .map_err(|e| {
-                    format!("--driver uring: cannot build a ring of {entries} entries: {e}")
+                    format!("--driver uring: cannot build a ring of {entries} entries (--uring-flags {flags:?}): {e}")
                 })
         }
         DriverChoice::Auto => match uring_unavailable() {
             Some(why) => epoll(Some(why)),
-            None => match build_uring(entries) {
-                Ok(rt) => Ok((rt, Driver::IoUring, None)),
+            None => match build_uring(entries, flags) {
+                Ok((rt, f, refused)) => Ok((rt, Driver::IoUring, None, Some((f, refused)))),
                 Err(e) => epoll(Some(format!(
                     "cannot build a ring of {entries} entries: {e}"
                 ))),
@@ -160,13 +195,14 @@ pub fn run(spec: Spec) {
     if core.is_some() && pinned.is_none() {
         tracing::warn!(worker = id, "could not pin to a core; running unpinned");
     }
-    let (mut rt, driver, fallback) = match build_runtime(cfg.driver, cfg.ring_entries) {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = started.send(Err(e));
-            return;
-        }
-    };
+    let (mut rt, driver, fallback, flags) =
+        match build_runtime(cfg.driver, cfg.ring_entries, cfg.uring_flags) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = started.send(Err(e));
+                return;
+            }
+        };
     rt.block_on(async move {
         let listener = match monoio::net::TcpListener::from_std(listener) {
             Ok(l) => l,
@@ -183,11 +219,17 @@ pub fn run(spec: Spec) {
             Driver::IoUring
         };
         debug_assert_eq!(running, driver);
+        let (uring_flags, flags_refused) = match flags {
+            Some((f, refused)) => (Some(f), refused),
+            None => (None, Vec::new()),
+        };
         let _ = started.send(Ok(Started {
             id,
             driver: running,
             core: pinned,
             fallback,
+            uring_flags,
+            flags_refused,
         }));
 
         let streams = Rc::new(Streams::new(cap.clone(), stats.clone()));

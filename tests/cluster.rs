@@ -243,8 +243,14 @@ fn a_redis_restart_with_its_data_loses_nothing() {
     on_b.position();
     let mut tick = SseClient::open(a.addr, "");
     let before = publish_ok(&a, "channel=news", "before");
-    assert_eq!(read_through(&mut on_a, &before), std::slice::from_ref(&before));
-    assert_eq!(read_through(&mut on_b, &before), std::slice::from_ref(&before));
+    assert_eq!(
+        read_through(&mut on_a, &before),
+        std::slice::from_ref(&before)
+    );
+    assert_eq!(
+        read_through(&mut on_b, &before),
+        std::slice::from_ref(&before)
+    );
     let mut ids = Vec::new();
 
     redis.stop(true);
