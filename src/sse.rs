@@ -38,6 +38,43 @@ impl TickClock {
     pub fn due(&self, tick: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_millis(tick * self.interval_ms)
     }
+
+    /// The tick to send now, given the wall clock's `tick`, the `last` one sent and the
+    /// monotonic time since `last` was scheduled: never at or below `last` (a wall clock that
+    /// stepped back must not re-send ids), and ticks skipped over are told apart by cause (the
+    /// monotonic clock did not see that much time pass: the wall clock stepped forward).
+    pub fn follow(&self, tick: u64, last: u64, since_last: Duration) -> (u64, ClockStep) {
+        if tick <= last {
+            return (last + 1, ClockStep::SteppedBack);
+        }
+        if tick == last + 1 {
+            return (tick, ClockStep::OnTime);
+        }
+        let missed = tick - last - 1;
+        let interval = self.interval();
+        let wall = Duration::from_millis((tick - last) * self.interval_ms);
+        let step = if since_last + interval < wall {
+            ClockStep::SteppedForward {
+                missed,
+                step_ms: (wall - since_last).as_millis() as u64,
+            }
+        } else {
+            ClockStep::Busy {
+                missed,
+                behind_ms: since_last.saturating_sub(interval).as_millis() as u64,
+            }
+        };
+        (tick, step)
+    }
+}
+
+/// How the wall clock moved between two ticks of a core (see [`TickClock::follow`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClockStep {
+    OnTime,
+    SteppedBack,
+    SteppedForward { missed: u64, step_ms: u64 },
+    Busy { missed: u64, behind_ms: u64 },
 }
 
 /// Encodes the events of one configured payload.
@@ -155,6 +192,38 @@ mod tests {
         // exactly on a boundary: the next one, a whole interval away
         let (tick, wait) = c.next_after(UNIX_EPOCH + Duration::from_millis(1_000_000));
         assert_eq!((tick, wait), (4001, Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn clock_steps_never_repeat_an_id_and_are_told_from_a_busy_core() {
+        let c = TickClock::new(Duration::from_secs(2));
+        let s = Duration::from_secs;
+        assert_eq!(c.follow(101, 100, s(2)), (101, ClockStep::OnTime));
+        // stepped back an hour: the next id anyway
+        assert_eq!(c.follow(10, 100, s(2)), (101, ClockStep::SteppedBack));
+        assert_eq!(c.follow(100, 100, s(2)), (101, ClockStep::SteppedBack));
+        // stepped forward a minute while 2 s passed
+        assert_eq!(
+            c.follow(131, 100, s(2)),
+            (
+                131,
+                ClockStep::SteppedForward {
+                    missed: 30,
+                    step_ms: 60_000
+                }
+            )
+        );
+        // the core itself was away for 6 s
+        assert_eq!(
+            c.follow(104, 100, s(8)),
+            (
+                104,
+                ClockStep::Busy {
+                    missed: 3,
+                    behind_ms: 6_000
+                }
+            )
+        );
     }
 
     #[test]

@@ -42,7 +42,7 @@ use crate::event::{Event, HEARTBEAT};
 use crate::hub::Inbox;
 use crate::metrics::{CloseReason, WorkerStats};
 use crate::net;
-use crate::sse::{FrameEncoder, TickClock};
+use crate::sse::{ClockStep, FrameEncoder, TickClock};
 use crate::subs::Subs;
 
 /// The stream count over all workers, checked against `--max-streams` when a stream opens.
@@ -351,31 +351,29 @@ impl Walker {
     /// the last (a wall clock that stepped back must not re-send ids), and ticks skipped over
     /// are counted and logged with their cause.
     fn check_clock(&self, tick: u64, last: u64, at: Instant) -> u64 {
-        if tick <= last {
-            tracing::warn!(
+        let (tick, step) = self.clock.follow(tick, last, at.elapsed());
+        match step {
+            ClockStep::OnTime => {}
+            ClockStep::SteppedBack => tracing::warn!(
                 tick,
                 last,
                 "the wall clock stepped back; tick ids continue from the last one sent"
-            );
-            return last + 1;
-        }
-        if tick > last + 1 {
-            let missed = tick - last - 1;
-            self.stats.add(&self.stats.ticks_missed, missed);
-            let wall = self.clock.interval() * (tick - last) as u32;
-            let mono = at.elapsed();
-            if mono + self.clock.interval() < wall {
+            ),
+            ClockStep::SteppedForward { missed, step_ms } => {
+                self.stats.add(&self.stats.ticks_missed, missed);
                 tracing::warn!(
-                    from = last + 1,
+                    from = tick - missed,
                     to = tick - 1,
-                    step_ms = (wall - mono).as_millis() as u64,
+                    step_ms,
                     "ticks missed: the wall clock stepped forward"
                 );
-            } else {
+            }
+            ClockStep::Busy { missed, behind_ms } => {
+                self.stats.add(&self.stats.ticks_missed, missed);
                 tracing::warn!(
-                    from = last + 1,
+                    from = tick - missed,
                     to = tick - 1,
-                    behind_ms = (mono.saturating_sub(self.clock.interval())).as_millis() as u64,
+                    behind_ms,
                     "ticks missed: this core was busy or descheduled for over an interval"
                 );
             }
