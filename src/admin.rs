@@ -36,7 +36,7 @@ use crate::streams::StreamCap;
 use crate::worker::Started;
 
 /// What the endpoints report on and publish to.
-pub struct State {
+pub(crate) struct State {
     pub cfg: Arc<Config>,
     pub listen: SocketAddr,
     pub kernel: String,
@@ -74,7 +74,7 @@ impl AdminCounters {
 }
 
 /// A running admin listener.
-pub struct Admin {
+pub(crate) struct Admin {
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -672,7 +672,7 @@ const FAMILIES: &[Family] = &[
 
 /// The Prometheus text exposition: one series per worker (`worker="0"`, …) and one summed over
 /// the workers (`worker="total"`; leave it out when aggregating yourself).
-pub fn metrics(state: &State) -> String {
+pub(crate) fn metrics(state: &State) -> String {
     let per: Vec<(String, Snapshot)> = state
         .stats
         .iter()
@@ -932,7 +932,7 @@ pub fn metrics(state: &State) -> String {
 }
 
 /// `/info`: what is running, as JSON.
-pub fn info(state: &State) -> String {
+pub(crate) fn info(state: &State) -> String {
     let cfg = &state.cfg;
     let workers: Vec<serde_json::Value> = state
         .workers

@@ -25,7 +25,7 @@ use crate::http::{Reject, Responses, Subscription, MAX_HEAD};
 use crate::metrics::WorkerStats;
 use crate::net;
 use crate::session::{Next, Session};
-use crate::streams::{StreamCap, Streams};
+use crate::streams::{Permit, StreamCap, Streams};
 use crate::subs::Subs;
 
 /// A connection's read buffer starts this small (an EventSource request is a few hundred bytes)
@@ -85,32 +85,25 @@ impl Core {
     }
 }
 
-/// How a connection's request phase ended.
-enum End {
-    /// Closed (by either side, or after an `ok` with `Connection: close`).
-    Closed,
-    /// Answered, and the client asked to close, but a body may still be arriving: close in
-    /// stages ([`linger`]).
-    Linger,
-    /// Refuse with this status and close.
-    Reject(Reject),
-    /// Asked for a stream, which has a place under the cap: send it this head (then a tick
-    /// stream, or a channel stream with this subscription).
-    Stream(Bytes, Option<Subscription>),
-}
-
 /// Serves one accepted connection (its own task).
 pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
     core.stats.inc(&core.stats.connections_accepted);
     let mut session = Session::default();
-    let end = requests(&core, &mut stream, &mut session).await;
+    // The session's decision, acted on here: the request phase has ended.
+    let next = requests(&core, &mut stream, &mut session).await;
     core.put_buffer(std::mem::take(&mut session.buf));
-    match end {
-        End::Closed => {}
-        End::Linger => Box::pin(linger(&core, &mut stream)).await,
-        // Boxed: the rarer, larger states must not size every connection's task.
-        End::Stream(head, sub) => Box::pin(open_stream(&core, stream, head, sub)).await,
-        End::Reject(r) => {
+    let next = match next {
+        Next::Stream(head, sub) => match core.cap.try_reserve() {
+            // Boxed: the rarer, larger states must not size every connection's task.
+            Some(permit) => return Box::pin(open_stream(&core, stream, head, sub, permit)).await,
+            None => Next::Reject(Reject::Busy),
+        },
+        other => other,
+    };
+    match next {
+        Next::NeedMore | Next::Close | Next::Stream(..) => {}
+        Next::Linger => Box::pin(linger(&core, &mut stream)).await,
+        Next::Reject(r) => {
             let stats = &core.stats;
             stats.inc(match r {
                 Reject::Busy => &stats.rejected_busy,
@@ -144,9 +137,10 @@ enum NoMore {
     Closed,
 }
 
-/// Reads and answers requests until the connection closes, is refused, or becomes a stream.
-/// The decisions are the [`Session`]'s; this only moves bytes and keeps time.
-async fn requests(core: &Core, stream: &mut TcpStream, s: &mut Session) -> End {
+/// Reads and answers requests until the connection closes, is refused, or asks for a stream;
+/// returns that decision (never `NeedMore`). The decisions are the [`Session`]'s; this only
+/// moves bytes and keeps time.
+async fn requests(core: &Core, stream: &mut TcpStream, s: &mut Session) -> Next {
     // The header timeout runs from the first moment we wait for a request until it is answered.
     let mut deadline: Option<Instant> = None;
     loop {
@@ -157,15 +151,10 @@ async fn requests(core: &Core, stream: &mut TcpStream, s: &mut Session) -> End {
             deadline = None;
         }
         if !flush(stream, out.replies).await {
-            return End::Closed;
+            return Next::Close;
         }
-        match out.next {
-            Next::NeedMore => {}
-            Next::Close => return End::Closed,
-            Next::Linger => return End::Linger,
-            Next::Reject(r) => return End::Reject(r),
-            Next::Stream(head, sub) if core.cap.try_reserve() => return End::Stream(head, sub),
-            Next::Stream(..) => return End::Reject(Reject::Busy),
+        if out.next != Next::NeedMore {
+            return out.next;
         }
         // A connection that answered a request keeps its buffer for the next one (a kept-alive
         // client is busy); only a fresh connection waits for bytes without one (see read_more).
@@ -174,10 +163,10 @@ async fn requests(core: &Core, stream: &mut TcpStream, s: &mut Session) -> End {
         let room = s.room();
         match read_more(core, stream, &mut s.buf, room, deadline).await {
             Ok(()) => {}
-            Err(NoMore::Closed) => return End::Closed,
+            Err(NoMore::Closed) => return Next::Close,
             // A kept-alive connection that stays silent is closed without a word.
-            Err(NoMore::Timeout) if idle => return End::Closed,
-            Err(NoMore::Timeout) => return End::Reject(Reject::Timeout),
+            Err(NoMore::Timeout) if idle => return Next::Close,
+            Err(NoMore::Timeout) => return Next::Reject(Reject::Timeout),
         }
     }
 }
@@ -236,23 +225,25 @@ async fn flush(stream: &mut TcpStream, out: Vec<Bytes>) -> bool {
     }
 }
 
-/// Sends the stream head and hands the socket to the core's tick slab, or to its channel
-/// streams. The cap place is reserved.
-async fn open_stream(core: &Core, mut stream: TcpStream, head: Bytes, sub: Option<Subscription>) {
+/// Sends the stream head and hands the socket, with its place under the cap, to the core's tick
+/// slab or to its channel streams. If the head cannot be sent, the permit is dropped here.
+async fn open_stream(
+    core: &Core,
+    mut stream: TcpStream,
+    head: Bytes,
+    sub: Option<Subscription>,
+    permit: Permit,
+) {
     let write = stream.write_all(head);
-    match monoio::time::timeout(core.cfg.header_timeout, write).await {
-        Ok((Ok(_), _)) => {}
-        _ => {
-            core.cap.release();
-            return;
-        }
-    }
+    let Ok((Ok(_), _)) = monoio::time::timeout(core.cfg.header_timeout, write).await else {
+        return;
+    };
     net::tune_stream(stream.as_raw_fd(), core.cfg.user_timeout);
     match sub {
         None => {
-            core.streams.insert(stream);
+            core.streams.insert(stream, permit);
         }
-        Some(sub) => core.subs.open(stream, sub),
+        Some(sub) => core.subs.open(stream, sub, permit),
     }
 }
 

@@ -2,8 +2,18 @@
 //!
 //! Each worker thread runs its own monoio runtime pinned to a core, accepts on its own
 //! SO_REUSEPORT listener, and keeps its SSE streams in a slab that one timer per core walks once
-//! per tick, writing a frame encoded once to every stream. See README.md for the behaviour and
-//! `src/streams.rs` for the hot path.
+//! per tick, writing a frame encoded once to every stream. See README.md for the behaviour.
+//!
+//! The data path, in the order a connection meets it (start reading here):
+//! 1. **accept**: `worker::accept_loop` spawns one task per new connection (`conn::serve`);
+//! 2. **request phase**: `conn` reads into a pooled buffer, [`session::Session`] parses with
+//!    [`http::parse`] and decides: answer `ok`, refuse, or open a stream;
+//! 3. **stream slab**: the socket moves into the core's slab, a tick stream in
+//!    `streams::Streams`, a channel stream in `subs::Subs` (which indexes it by channel); the
+//!    task ends, the stream costs a slot;
+//! 4. **tick walk**: `streams::Walker::run`, one loop per core, writes each tick's frame to every
+//!    tick stream, and each published event (from the [`hub`], through the core's inbox) to
+//!    every subscriber of its channels.
 //!
 //! Modules, from the wire inwards:
 //! - [`config`]: flags and their validation;
@@ -25,7 +35,7 @@
 
 pub mod admin;
 pub mod config;
-pub mod conn;
+pub(crate) mod conn;
 pub mod engine;
 pub mod event;
 pub mod history;
@@ -38,8 +48,8 @@ pub mod ring_flags;
 pub mod server;
 pub mod session;
 pub mod sse;
-pub mod streams;
-pub mod subs;
+pub(crate) mod streams;
+pub(crate) mod subs;
 pub mod uring_facts;
 pub mod worker;
 

@@ -60,17 +60,15 @@ impl StreamCap {
         }
     }
 
-    /// Takes a place for a new stream, or `false` at the cap.
-    pub fn try_reserve(&self) -> bool {
+    /// Takes a place for a new stream, or `None` at the cap. The place is given back when the
+    /// permit is dropped: with the stream's slot, or at once if the stream never opens.
+    pub fn try_reserve(self: &Arc<Self>) -> Option<Permit> {
         self.open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < self.max).then_some(n + 1)
             })
-            .is_ok()
-    }
-
-    pub fn release(&self) {
-        self.open.fetch_sub(1, Ordering::AcqRel);
+            .ok()
+            .map(|_| Permit(self.clone()))
     }
 
     pub fn open(&self) -> usize {
@@ -79,6 +77,18 @@ impl StreamCap {
 
     pub fn max(&self) -> usize {
         self.max
+    }
+}
+
+/// One stream's place under `--max-streams` (as mini-redis holds its connection semaphore's
+/// permit): held by the stream's slot, released when dropped, so it can neither leak nor be
+/// released twice.
+#[derive(Debug)]
+pub struct Permit(Arc<StreamCap>);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -99,11 +109,12 @@ struct Slot {
     /// whose slot has another fd belongs to a stream that was removed (its fd is still open, so
     /// no newer stream can have it).
     fd: RawFd,
+    /// Its place under the cap, given back with the slot.
+    _permit: Permit,
 }
 /// The streams of one core.
 pub struct Streams {
     slab: RefCell<Slab<Slot>>,
-    cap: Arc<StreamCap>,
     stats: Arc<WorkerStats>,
 }
 
@@ -122,20 +133,20 @@ pub struct Done {
 }
 
 impl Streams {
-    pub fn new(cap: Arc<StreamCap>, stats: Arc<WorkerStats>) -> Self {
+    pub fn new(stats: Arc<WorkerStats>) -> Self {
         Streams {
             slab: RefCell::new(Slab::new()),
-            cap,
             stats,
         }
     }
 
-    /// Adds an established stream; its place in the cap must already be reserved.
-    pub fn insert(&self, stream: TcpStream) -> usize {
+    /// Adds an established stream with its place under the cap.
+    pub fn insert(&self, stream: TcpStream, permit: Permit) -> usize {
         let fd = stream.as_raw_fd();
         let key = self.slab.borrow_mut().insert(Slot {
             state: State::Idle(stream),
             fd,
+            _permit: permit,
         });
         self.stats.stream_opened();
         key
@@ -146,14 +157,12 @@ impl Streams {
         let slots: Vec<Slot> = self.slab.borrow_mut().drain().collect();
         for _ in slots {
             self.stats.stream_closed(CloseReason::Shutdown);
-            self.cap.release();
         }
     }
 
     fn remove(&self, slab: &mut Slab<Slot>, key: usize, why: CloseReason) {
-        slab.remove(key);
+        slab.remove(key); // and its permit with it
         self.stats.stream_closed(why);
-        self.cap.release();
     }
 
     /// Removes an aborted stream whose write has not returned: its slot and its place under the
@@ -505,6 +514,25 @@ impl Walker {
 /// writes are either real (`write_frame`) or stand-ins whose completion the test releases, so
 /// nothing here depends on timing: every wait is on a completion the test caused.
 #[cfg(test)]
+mod permit_tests {
+    use super::*;
+
+    #[test]
+    fn a_place_under_the_cap_is_given_back_exactly_once_when_its_permit_drops() {
+        let cap = Arc::new(StreamCap::new(2));
+        let a = cap.try_reserve().expect("first place");
+        let b = cap.try_reserve().expect("second place");
+        assert!(cap.try_reserve().is_none(), "at the cap");
+        assert_eq!(cap.open(), 2);
+        drop(a);
+        assert_eq!(cap.open(), 1);
+        let c = cap.try_reserve().expect("a freed place is taken again");
+        drop((b, c));
+        assert_eq!(cap.open(), 0);
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::history::Limits;
@@ -549,21 +577,14 @@ mod tests {
             };
             let cap = Arc::new(StreamCap::new(1000));
             let stats = Arc::new(WorkerStats::default());
-            let streams = Rc::new(Streams::new(cap.clone(), stats.clone()));
+            let streams = Rc::new(Streams::new(stats.clone()));
             let limits = Limits {
                 per_channel: 16,
                 bytes: 1 << 20,
                 age: Duration::from_secs(60),
             };
             let (hub, _) = Hub::new(limits, 1);
-            let subs = Rc::new(Subs::new(
-                hub,
-                None,
-                cap.clone(),
-                stats.clone(),
-                1 << 20,
-                max_skips,
-            ));
+            let subs = Rc::new(Subs::new(hub, None, stats.clone(), 1 << 20, max_skips));
             Core {
                 walker: Walker::new(streams.clone(), subs, stats.clone(), &cfg),
                 streams,
@@ -594,8 +615,8 @@ mod tests {
         /// Opens a stream the way `conn.rs` does: a place under the cap, then the slab.
         fn open(&mut self) -> usize {
             let s = self.socket();
-            assert!(self.cap.try_reserve());
-            self.streams.insert(s)
+            let permit = self.cap.try_reserve().expect("room under the cap");
+            self.streams.insert(s, permit)
         }
 
         fn state(&self, key: usize) -> Option<&'static str> {
@@ -908,8 +929,8 @@ mod tests {
                 async move {
                     // Runs while the walk is suspended, like a connection task would.
                     if let Some(s) = arrive {
-                        assert!(cap.try_reserve());
-                        streams.insert(s);
+                        let permit = cap.try_reserve().expect("room under the cap");
+                        streams.insert(s, permit);
                     }
                     Done {
                         key,

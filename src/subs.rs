@@ -18,7 +18,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
-use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
@@ -36,7 +35,7 @@ use crate::http::Subscription;
 use crate::hub::Hub;
 use crate::metrics::{CloseReason, WorkerStats};
 use crate::net;
-use crate::streams::StreamCap;
+use crate::streams::Permit;
 
 /// Why a stream is being closed while its write is still pending.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +66,8 @@ struct Sub {
     queue: VecDeque<Bytes>,
     /// (channel key, member key in that channel) for each subscribed channel.
     member_of: Box<[(u32, u32)]>,
+    /// Its place under the cap, given back with the slot.
+    _permit: Permit,
 }
 
 struct Channel {
@@ -104,10 +105,6 @@ impl Notify {
             Poll::Pending
         }
     }
-
-    pub fn notified(&self) -> impl Future<Output = ()> + '_ {
-        std::future::poll_fn(|cx| self.poll_notified(cx))
-    }
 }
 
 /// The channel streams of one core.
@@ -123,7 +120,6 @@ pub struct Subs {
     hub: Arc<Hub>,
     /// Cluster mode: the engine completes replays the history cannot, answering on `replies`.
     engine: Option<(Arc<Engine>, fmpsc::UnboundedSender<ReplayDone>)>,
-    cap: Arc<StreamCap>,
     stats: Arc<WorkerStats>,
     max_queued: usize,
     max_skips: u8,
@@ -133,7 +129,6 @@ impl Subs {
     pub fn new(
         hub: Arc<Hub>,
         engine: Option<(Arc<Engine>, fmpsc::UnboundedSender<ReplayDone>)>,
-        cap: Arc<StreamCap>,
         stats: Arc<WorkerStats>,
         max_queued: usize,
         max_skips: u8,
@@ -148,18 +143,17 @@ impl Subs {
             stamp: Cell::new(0),
             notify: Notify::default(),
             hub,
-            cap,
             stats,
             max_queued,
             max_skips,
         }
     }
 
-    /// Adds a stream whose head was sent; its place in the cap must be reserved. It first gets
+    /// Adds a stream whose head was sent, with its place under the cap. It first gets
     /// the replay (if it resumes), then `id: <position>`, then live events. When this node's
     /// history cannot complete the replay and an engine can, the stream joins now (so live events
     /// queue on it) but is held until the engine's replay comes back to be put in front of them.
-    pub fn open(&self, stream: TcpStream, sub: Subscription) {
+    pub fn open(&self, stream: TcpStream, sub: Subscription, permit: Permit) {
         let position = self.position.get();
         let serial = self.serial.get() + 1;
         self.serial.set(serial);
@@ -201,6 +195,7 @@ impl Subs {
             replay_left: queued,
             queue,
             member_of,
+            _permit: permit,
         });
         drop(slab);
         self.stats.stream_opened();
@@ -420,11 +415,10 @@ impl Subs {
     }
 
     fn remove(&self, slab: &mut Slab<Sub>, key: usize, why: CloseReason) {
-        let sub = slab.remove(key);
+        let sub = slab.remove(key); // its permit goes with it
         self.index.borrow_mut().leave(&sub.member_of);
         self.stats.stream_closed(why);
         self.stats.dec(&self.stats.channel_streams_open);
-        self.cap.release();
     }
 
     /// Closes every stream (at shutdown).
@@ -434,11 +428,6 @@ impl Subs {
         for key in keys {
             self.remove(&mut slab, key, CloseReason::Shutdown);
         }
-    }
-
-    /// Channels with at least one stream on this core.
-    pub fn channel_count(&self) -> usize {
-        self.index.borrow().channels.len()
     }
 }
 

@@ -232,7 +232,7 @@ pub fn run(spec: Spec) {
             flags_refused,
         }));
 
-        let streams = Rc::new(Streams::new(cap.clone(), stats.clone()));
+        let streams = Rc::new(Streams::new(stats.clone()));
         let (engine, replays) = match engine {
             Some(e) => {
                 let (tx, rx) = futures::channel::mpsc::unbounded();
@@ -243,7 +243,6 @@ pub fn run(spec: Spec) {
         let subs = Rc::new(Subs::new(
             hub,
             engine,
-            cap.clone(),
             stats.clone(),
             cfg.max_queued_bytes,
             cfg.max_skips,
