@@ -28,16 +28,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-/// ringcast's stream head for the default CORS (`stream_head(Some("*"), false, None)`), byte for
-/// byte.
-const STREAM_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\n\
-Content-Type: text/event-stream\r\n\
-Cache-Control: no-cache\r\n\
-Connection: keep-alive\r\n\
-X-Accel-Buffering: no\r\n\
-Access-Control-Allow-Origin: *\r\n\
-Access-Control-Allow-Methods: *\r\n\
-Access-Control-Allow-Headers: *\r\n\r\n";
+/// ringcast's stream head for the default CORS, taken from ringcast itself so the floor sends
+/// exactly what the server sends, whatever it becomes.
+fn stream_head() -> &'static [u8] {
+    static HEAD: std::sync::OnceLock<bytes::Bytes> = std::sync::OnceLock::new();
+    HEAD.get_or_init(|| ringcast::sse::stream_head(Some("*"), false, None))
+}
 
 const OK: &[u8] =
     b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
@@ -181,7 +177,7 @@ fn accept_loop(listener: TcpListener, pending: Arc<Mutex<Vec<RawFd>>>) {
         let _ = conn.set_nodelay(true);
         match wants_stream(&mut conn) {
             Some(true) => {
-                if conn.write_all(STREAM_HEAD).is_err() || conn.set_nonblocking(true).is_err() {
+                if conn.write_all(stream_head()).is_err() || conn.set_nonblocking(true).is_err() {
                     continue;
                 }
                 pending
