@@ -164,6 +164,11 @@ pub struct Args {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub redis_maxlen: u64,
 
+    /// Return the allocator's freed pages to the OS every N tick walks (0: never). A tuning knob
+    /// for the memory benchmark (bench/collect.sh); the default is what it measured best.
+    #[arg(long, default_value_t = 1, value_name = "N", hide = true)]
+    pub collect_every: u32,
+
     /// Print what this kernel's io_uring offers (setup, FEAT flags, opcodes) as JSON, and exit.
     #[arg(long)]
     pub probe_uring: bool,
@@ -303,6 +308,7 @@ pub struct Config {
     pub publish_token: Option<String>,
     pub admin_max_connections: usize,
     pub redis: Option<crate::engine::Settings>,
+    pub collect_every: u32,
 }
 
 impl Config {
@@ -348,6 +354,7 @@ impl Config {
                     maxlen: args.redis_maxlen as usize,
                 }
             }),
+            collect_every: args.collect_every,
         }
     }
 

@@ -236,6 +236,9 @@ pub struct Walker {
     heartbeat: Option<Duration>,
     max_inflight: usize,
     max_skips: u8,
+    /// Return freed heap pages to the OS every this many walks (0: never).
+    collect_every: u32,
+    walks: std::cell::Cell<u32>,
     /// How long a full batch may wait for a completion before the walk widens it.
     stall: Duration,
 }
@@ -257,6 +260,8 @@ impl Walker {
             heartbeat: cfg.heartbeat,
             max_inflight: cfg.max_inflight.max(1),
             max_skips: cfg.max_skips,
+            collect_every: cfg.collect_every,
+            walks: std::cell::Cell::new(0),
             stall: (clock.interval() / 8)
                 .clamp(Duration::from_millis(1), Duration::from_millis(20)),
         }
@@ -333,6 +338,15 @@ impl Walker {
                     Wake::Event(ev) => {
                         inbox.took();
                         self.subs.deliver(&ev);
+                        // Take what else has arrived before starting writes: one batch of
+                        // writes for several events (bounded, so completions are not starved).
+                        for _ in 0..1024 {
+                            let Ok(ev) = inbox.events.try_recv() else {
+                                break;
+                            };
+                            inbox.took();
+                            self.subs.deliver(&ev);
+                        }
                     }
                     Wake::InboxClosed => inbox_open = false,
                     Wake::Replayed(done) => self.subs.finish_replay(done),
@@ -477,10 +491,14 @@ impl Walker {
             }
         }
         // The request phase's short-lived tasks and buffers (accept bursts) leave freed pages
-        // in this thread's heap; hand them back to the OS once per walk so an idle stream's RSS
-        // is what it holds, not the high-water mark of the last connect burst.
-        // SAFETY: mi_collect only touches the calling thread's heap.
-        unsafe { libmimalloc_sys::mi_collect(false) };
+        // in this thread's heap; hand them back to the OS every `--collect-every` walks so an
+        // idle stream's RSS is what it holds, not the high-water mark of the last connect burst.
+        let walks = self.walks.get().wrapping_add(1);
+        self.walks.set(walks);
+        if self.collect_every > 0 && walks.is_multiple_of(self.collect_every) {
+            // SAFETY: mi_collect only touches the calling thread's heap.
+            unsafe { libmimalloc_sys::mi_collect(false) };
+        }
         if reaped > 0 {
             tracing::warn!(
                 streams = reaped,

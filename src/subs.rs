@@ -63,11 +63,76 @@ struct Sub {
     /// against `--max-queued-bytes`).
     queued: usize,
     replay_left: usize,
-    queue: VecDeque<Bytes>,
+    queue: Frames,
     /// (channel key, member key in that channel) for each subscribed channel.
     member_of: Box<[(u32, u32)]>,
     /// Its place under the cap, given back with the slot.
     _permit: Permit,
+}
+
+/// A stream's frames still to write. None or one need no allocation (the common case: an event
+/// arrives while the stream is idle); a deque only exists while frames wait behind a pending
+/// write, and is freed as soon as it is down to one.
+#[derive(Default)]
+enum Frames {
+    #[default]
+    Empty,
+    One(Bytes),
+    Many(VecDeque<Bytes>),
+}
+
+impl Frames {
+    fn is_empty(&self) -> bool {
+        matches!(self, Frames::Empty)
+    }
+
+    fn push_back(&mut self, f: Bytes) {
+        *self = match std::mem::take(self) {
+            Frames::Empty => Frames::One(f),
+            Frames::One(a) => Frames::Many(VecDeque::from([a, f])),
+            Frames::Many(mut q) => {
+                q.push_back(f);
+                Frames::Many(q)
+            }
+        }
+    }
+
+    fn push_front(&mut self, f: Bytes) {
+        *self = match std::mem::take(self) {
+            Frames::Empty => Frames::One(f),
+            Frames::One(a) => Frames::Many(VecDeque::from([f, a])),
+            Frames::Many(mut q) => {
+                q.push_front(f);
+                Frames::Many(q)
+            }
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<Bytes> {
+        match std::mem::take(self) {
+            Frames::Empty => None,
+            Frames::One(a) => Some(a),
+            Frames::Many(mut q) => {
+                let f = q.pop_front();
+                *self = match q.len() {
+                    0 => Frames::Empty,
+                    1 => Frames::One(q.pop_front().unwrap_or_default()),
+                    _ => Frames::Many(q),
+                };
+                f
+            }
+        }
+    }
+}
+
+impl From<VecDeque<Bytes>> for Frames {
+    fn from(mut q: VecDeque<Bytes>) -> Self {
+        match q.len() {
+            0 => Frames::Empty,
+            1 => Frames::One(q.pop_front().unwrap_or_default()),
+            _ => Frames::Many(q),
+        }
+    }
 }
 
 struct Channel {
@@ -193,7 +258,7 @@ impl Subs {
             stamp: self.stamp.get(),
             queued,
             replay_left: queued,
-            queue,
+            queue: queue.into(),
             member_of,
             _permit: permit,
         });
@@ -310,7 +375,7 @@ impl Subs {
     /// under the pending write, which then fails and comes back through `complete`.
     fn abort(&self, sub: &mut Sub, key: usize, why: CloseReason, ready: &mut VecDeque<usize>) {
         sub.state = Abort::Closing(why);
-        sub.queue = VecDeque::new();
+        sub.queue = Frames::Empty;
         sub.queued = 0;
         sub.replay_left = 0;
         net::abort(sub.fd);
@@ -377,9 +442,6 @@ impl Subs {
             };
             sub.queued -= frame.len();
             sub.replay_left = sub.replay_left.saturating_sub(frame.len());
-            if sub.queue.is_empty() && sub.queue.capacity() > 0 {
-                sub.queue = VecDeque::new(); // an idle stream holds no queue memory
-            }
             let Some(stream) = sub.stream.take() else {
                 continue;
             };
