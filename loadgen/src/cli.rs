@@ -58,7 +58,9 @@ pub enum Driver {
 
 #[derive(Debug, Clone, Args, Serialize)]
 pub struct RunArgs {
-    /// Server URL (http only); repeat to spread connections over several servers or ports.
+    /// Server URL (http only); repeat to spread connections over several servers or ports
+    /// (connection k starts on the (k mod U)-th); a reconnection that fails moves on to the
+    /// next URL (failover).
     #[arg(long = "url", visible_alias = "target", value_name = "URL")]
     pub urls: Vec<String>,
     /// Connections to hold open.
@@ -122,8 +124,8 @@ pub struct RunArgs {
     /// Free text stored in the result's environment.
     #[arg(long)]
     pub label: Option<String>,
-    /// Publish mode: subscribe connection k to channel `c{k mod K}` (`?channel=` added to
-    /// the URL's query).
+    /// Publish mode: subscribe connection k to channel `c{(k / U) mod K}`, U being the number
+    /// of --url (`?channel=` added to the URL's query).
     #[arg(long, value_name = "K")]
     pub channels: Option<usize>,
     /// Publish mode: the publish endpoint (e.g. ringcast's admin http://127.0.0.1:9090/publish);

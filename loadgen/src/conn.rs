@@ -7,10 +7,20 @@
 //! only while a response head does not fit, and shrinks back), the parser and a few
 //! fields. Every timestamp is taken once per read, not per event.
 //!
-//! In publish mode connection k asks for channel `c{k mod K}` and its events go to the
-//! channel accounting (its `Tally`, kept in the core's slot table rather than in this
-//! task); `--reconnect-every` closes the stream from the core's schedule and this task
-//! reopens it at once with `Last-Event-ID`.
+//! In publish mode connection k asks for channel `c{(k / U) mod K}` (U URLs, so every
+//! server gets subscribers of every channel) and its events go to the channel accounting
+//! (its `Tally`, kept in the core's slot table rather than in this task);
+//! `--reconnect-every` closes the stream from the core's schedule and this task reopens it
+//! at once with `Last-Event-ID`.
+//!
+//! Failover, with several `--url`s: connection k starts on URL `k mod U`. When a
+//! reconnection (after a stream ended, broke or was closed on schedule) fails at the
+//! network level, the connection moves to the next URL at once, as a load balancer would
+//! send it to another backend, trying each URL at most once before it waits the
+//! reconnection delay again. The parser, and so the Last-Event-ID and the exactness
+//! accounting, go with it. The time from the break to the head on the other URL is the
+//! `failover` histogram. A first attempt that fails is not moved (nor retried): the
+//! initial spread is the plan, and a server that is not up should show as failures.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -41,6 +51,10 @@ struct Conn {
     ever_open: bool,
     /// Index in the core's slot table (publish mode, scheduled reconnections).
     slot: Option<usize>,
+    /// The `--url` in use: `k mod U` at first, moved on by failover.
+    at: u32,
+    /// When the last open stream ended, and on which URL; taken when a stream opens again.
+    broke: Option<(Instant, u32)>,
 }
 
 enum AttemptEnd {
@@ -60,9 +74,8 @@ fn failed_io(e: io::Error) -> AttemptEnd {
 /// Runs connection number `k` of the plan until the end or a final failure.
 pub async fn run(core: Rc<Core>, k: usize) {
     let plan = core.plan.clone();
-    let target = &plan.targets[k % plan.targets.len()];
-    let source = (!plan.sources.is_empty())
-        .then(|| plan.sources[(k / plan.targets.len()) % plan.sources.len()]);
+    let urls = plan.targets.len();
+    let source = (!plan.sources.is_empty()).then(|| plan.sources[(k / urls) % plan.sources.len()]);
     let slot = core.slot_of(k);
     if let Some(j) = slot {
         core.slots.borrow_mut()[j].alive = true;
@@ -73,9 +86,14 @@ pub async fn run(core: Rc<Core>, k: usize) {
         last_event_at: None,
         ever_open: false,
         slot,
+        at: (k % urls) as u32,
+        broke: None,
     };
     let mut buf = Vec::with_capacity(plan.read_buffer);
+    // URLs whose reconnection failed since the last stream or the last wait.
+    let mut tried = 0;
     loop {
+        let target = &plan.targets[conn.at as usize];
         let end = attempt(&core, target, source, &mut conn, &mut buf).await;
         if core.stopping.get() {
             break;
@@ -88,16 +106,31 @@ pub async fn run(core: Rc<Core>, k: usize) {
             let c = &mut core.rec.borrow_mut().counters;
             c.reconnects += 1;
             c.scheduled_reconnects += 1;
+            tried = 0;
             continue;
         }
         match end {
             AttemptEnd::Stopped => break,
-            AttemptEnd::StreamEnded => core.rec.borrow_mut().counters.streams_ended += 1,
+            AttemptEnd::StreamEnded => {
+                core.rec.borrow_mut().counters.streams_ended += 1;
+                tried = 0;
+            }
             AttemptEnd::Failed(kind, message) => {
                 core.rec.borrow_mut().counters.fail(kind, message);
                 if kind.is_final() || !conn.ever_open {
                     break;
                 }
+                // Failover: the next URL at once, until each has failed once this round.
+                tried += 1;
+                conn.at = ((conn.at as usize + 1) % urls) as u32;
+                if tried < urls {
+                    if Instant::now() >= plan.hard_end() {
+                        break;
+                    }
+                    core.rec.borrow_mut().counters.reconnects += 1;
+                    continue;
+                }
+                tried = 0;
             }
         }
         let delay = conn
@@ -203,6 +236,7 @@ async fn attempt(
             Ok(n) => feed(core, conn, &mut stream_state, &buf[..n]),
         };
     }
+    conn.broke = Some((Instant::now(), conn.at));
     if let Some(j) = conn.slot {
         core.slots.borrow_mut()[j].fd = None;
     }
@@ -307,6 +341,14 @@ async fn handshake<'a>(
     {
         let mut rec = core.rec.borrow_mut();
         record(&mut rec.histograms.headers, micros(started.elapsed()));
+        if let Some((at, from)) = conn.broke.take() {
+            if from != conn.at {
+                record(&mut rec.histograms.failover, micros(at.elapsed()));
+                let urls = &plan.targets;
+                rec.counters
+                    .failover(&urls[from as usize].url, &urls[conn.at as usize].url);
+            }
+        }
         let c = &mut rec.counters;
         c.opened += 1;
         c.open += 1;

@@ -54,7 +54,7 @@ pub struct Plan {
     pub retry_default: Duration,
     pub connect_timeout: Duration,
     pub read_buffer: usize,
-    /// Publish mode: connection k subscribes to channel `k mod K` of these.
+    /// Publish mode: connection k subscribes to channel `(k / U) mod K` of these (U URLs).
     pub channels: Option<Arc<Channels>>,
     /// Publish mode: take the publish→receive latency from the data, not the id.
     pub timestamp_in_data: bool,
@@ -300,10 +300,14 @@ fn slots_for(index: usize, plan: &Plan) -> Vec<Slot> {
         return Vec::new();
     }
     let count = plan.channels.as_ref().map_or(1, |c| c.len().max(1));
+    let urls = plan.targets.len().max(1);
     (index..plan.connections)
         .step_by(plan.threads)
         .map(|k| Slot {
-            tally: Tally::new(k % count),
+            // Connection k starts on URL k mod U: (k / U) mod K gives every URL subscribers
+            // of every channel (k mod K would give a URL only every U-th channel when U and
+            // K share a factor).
+            tally: Tally::new((k / urls) % count),
             ..Slot::default()
         })
         .collect()

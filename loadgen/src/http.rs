@@ -10,6 +10,8 @@ use std::net::{SocketAddr, ToSocketAddrs};
 /// Where connections go: resolved once at startup.
 #[derive(Debug, Clone)]
 pub struct Target {
+    /// The URL as given (names the target in the failover counters).
+    pub url: String,
     pub addr: SocketAddr,
     /// `Host` header value (the URL's authority).
     pub host: String,
@@ -41,6 +43,7 @@ impl Target {
             .next()
             .ok_or_else(|| format!("{url:?}: host has no address"))?;
         Ok(Target {
+            url: url.to_string(),
             addr,
             host: authority.to_string(),
             path,

@@ -161,6 +161,16 @@ pub struct Counters {
     /// `ringcast-reset` events received (the server could not resume a Last-Event-ID).
     #[serde(default)]
     pub publish_resets: u64,
+    /// Failover (absent from files before version 3): streams that broke on one `--url` and
+    /// came back on another (their `failover` time is recorded).
+    #[serde(default)]
+    pub failovers: u64,
+    /// The same moves by the URL the stream broke on ...
+    #[serde(default)]
+    pub failovers_from: BTreeMap<String, u64>,
+    /// ... and by the URL it came back on.
+    #[serde(default)]
+    pub failovers_to: BTreeMap<String, u64>,
 }
 
 impl Counters {
@@ -212,6 +222,20 @@ impl Counters {
         self.publish_unexpected += o.publish_unexpected;
         self.connections_missing_events += o.connections_missing_events;
         self.publish_resets += o.publish_resets;
+        self.failovers += o.failovers;
+        for (k, v) in &o.failovers_from {
+            *self.failovers_from.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &o.failovers_to {
+            *self.failovers_to.entry(k.clone()).or_default() += v;
+        }
+    }
+
+    /// Notes one stream that broke on `from` and came back on `to`.
+    pub fn failover(&mut self, from: &str, to: &str) {
+        self.failovers += 1;
+        *self.failovers_from.entry(from.to_string()).or_default() += 1;
+        *self.failovers_to.entry(to.to_string()).or_default() += 1;
     }
 
     pub fn publish_errors_total(&self) -> u64 {
@@ -239,6 +263,9 @@ pub struct Histograms {
     pub publish_request: Histogram<u64>,
     /// Publish request latency from the moment it was sent.
     pub publish_send: Histogram<u64>,
+    /// Failover: from the moment a stream broke (end of stream, reset) to the response head
+    /// of its replacement on another `--url` (the reconnection delay included).
+    pub failover: Histogram<u64>,
 }
 
 impl Default for Histograms {
@@ -252,12 +279,13 @@ impl Default for Histograms {
             publish_delivery: new_histogram(),
             publish_request: new_histogram(),
             publish_send: new_histogram(),
+            failover: new_histogram(),
         }
     }
 }
 
 impl Histograms {
-    pub const NAMES: [&'static str; 8] = [
+    pub const NAMES: [&'static str; 9] = [
         "connect",
         "headers",
         "first_event",
@@ -266,6 +294,7 @@ impl Histograms {
         "publish_delivery",
         "publish_request",
         "publish_send",
+        "failover",
     ];
 
     pub fn by_name(&self, name: &str) -> Option<&Histogram<u64>> {
@@ -278,6 +307,7 @@ impl Histograms {
             "publish_delivery" => &self.publish_delivery,
             "publish_request" => &self.publish_request,
             "publish_send" => &self.publish_send,
+            "failover" => &self.failover,
             _ => return None,
         })
     }
@@ -292,6 +322,7 @@ impl Histograms {
             "publish_delivery" => &mut self.publish_delivery,
             "publish_request" => &mut self.publish_request,
             "publish_send" => &mut self.publish_send,
+            "failover" => &mut self.failover,
             _ => return None,
         })
     }
@@ -415,6 +446,16 @@ mod tests {
             (5, 1)
         );
         assert_eq!(a.histograms.publish_delivery.len(), 2);
+        let mut x = Counters::default();
+        x.failover("http://a/", "http://b/");
+        x.failover("http://a/", "http://c/");
+        let mut y = Counters::default();
+        y.failover("http://b/", "http://a/");
+        x.add(&y);
+        assert_eq!(x.failovers, 3);
+        assert_eq!(x.failovers_from["http://a/"], 2);
+        assert_eq!(x.failovers_to["http://a/"], 1);
+        assert_eq!(x.failovers_to["http://c/"], 1);
         assert_eq!(a.histograms.publish_request.len(), 1);
         for name in Histograms::NAMES {
             assert!(a.histograms.by_name(name).is_some(), "{name}");

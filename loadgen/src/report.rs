@@ -63,6 +63,9 @@ pub fn status_line(
     if let Some(n) = published {
         let _ = write!(line, "  published {n}  resets {}", c.publish_resets);
     }
+    if c.failovers > 0 {
+        let _ = write!(line, "  failovers {}", c.failovers);
+    }
     line
 }
 
@@ -88,7 +91,7 @@ fn table(out: &mut String, percentiles: &std::collections::BTreeMap<String, Perc
         let Some(p) = percentiles.get(name) else {
             continue;
         };
-        if name.starts_with("publish_") && p.count == 0 {
+        if (name.starts_with("publish_") || name == "failover") && p.count == 0 {
             continue;
         }
         let _ = writeln!(
@@ -172,6 +175,24 @@ pub fn final_report(r: &RunResult) -> String {
     let publish = publish_lines(r);
     if let Some(lines) = &publish {
         out.push_str(lines);
+    }
+    let several_urls = r.runs.iter().any(|run| run.server.urls.len() > 1);
+    if several_urls || c.failovers > 0 {
+        let moves = |m: &std::collections::BTreeMap<String, u64>| {
+            let parts: Vec<String> = m.iter().map(|(url, n)| format!("{url} x{n}")).collect();
+            if parts.is_empty() {
+                "-".to_string()
+            } else {
+                parts.join(", ")
+            }
+        };
+        let _ = writeln!(
+            out,
+            "failover: {} streams came back on another URL (from {}; to {})",
+            c.failovers,
+            moves(&c.failovers_from),
+            moves(&c.failovers_to)
+        );
     }
     let f = &r.fanout;
     let ms_of = |v: Option<u64>| v.map_or("n/a".to_string(), |us| format!("{} ms", ms(us)));
@@ -435,6 +456,59 @@ mod tests {
     }
 
     #[test]
+    fn the_report_has_the_failover_line_with_several_urls() {
+        use crate::result::{Run, RunResult, Server};
+        let run = |urls: &[&str]| Run {
+            environment: Default::default(),
+            config: serde_json::json!({"channels": null}),
+            server: Server {
+                urls: urls.iter().map(|u| u.to_string()).collect(),
+                ..Server::default()
+            },
+            resources: Default::default(),
+            unfinished_connections: 0,
+            publish: None,
+        };
+        let mut counters = Counters::default();
+        for _ in 0..3 {
+            counters.failover("http://a/", "http://b/");
+        }
+        let mut h = Histograms::default();
+        crate::metrics::record(&mut h.failover, 1_500_000);
+        let r = RunResult::new(vec![run(&["http://a/", "http://b/"])], counters, &h, vec![]);
+        let text = final_report(&r);
+        assert!(
+            text.contains(
+                "failover: 3 streams came back on another URL (from http://a/ x3; to http://b/ x3)"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.lines().any(|l| l.starts_with("failover ")),
+            "histogram row: {text}"
+        );
+        let quiet = RunResult::new(
+            vec![run(&["http://a/", "http://b/"])],
+            Counters::default(),
+            &Histograms::default(),
+            vec![],
+        );
+        let text = final_report(&quiet);
+        assert!(
+            text.contains("failover: 0 streams came back on another URL (from -; to -)"),
+            "{text}"
+        );
+        assert!(!text.lines().any(|l| l.starts_with("failover ")), "{text}");
+        let single = RunResult::new(
+            vec![run(&["http://a/"])],
+            Counters::default(),
+            &Histograms::default(),
+            vec![],
+        );
+        assert!(!final_report(&single).contains("failover"));
+    }
+
+    #[test]
     fn status_line_shows_the_live_figures() {
         let mut h = new_histogram();
         record(&mut h, 2500);
@@ -444,7 +518,11 @@ mod tests {
             ..Counters::default()
         };
         let line = status_line(3.0, "hold", &c, 10, 70.0, &h, None);
-        assert!(!line.contains("published"));
+        assert!(!line.contains("published") && !line.contains("failovers"));
+        let mut moved = c.clone();
+        moved.failover("http://a/", "http://b/");
+        let failing = status_line(3.0, "hold", &moved, 10, 70.0, &h, None);
+        assert!(failing.contains("failovers 1"), "{failing}");
         let publishing = status_line(3.0, "hold", &c, 10, 70.0, &h, Some(12));
         assert!(publishing.contains("published 12"), "{publishing}");
         assert!(

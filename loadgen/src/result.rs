@@ -17,9 +17,10 @@ use crate::metrics::{add_ticks, Counters, Histograms, TickSpan};
 use crate::probe::{Environment, Sample};
 
 pub const SCHEMA: &str = "ringcast-loadgen/result";
-/// Version 2 added publish mode (histograms `publish_*`, counters, `runs[].publish`); files
-/// of version 1 still load (what they lack reads as zero or absent).
-pub const SCHEMA_VERSION: u32 = 2;
+/// Version 2 added publish mode (histograms `publish_*`, counters, `runs[].publish`);
+/// version 3 added failover (histogram `failover`, counters `failovers*`). Files of older
+/// versions still load (what they lack reads as zero or absent).
+pub const SCHEMA_VERSION: u32 = 3;
 pub const OLDEST_SCHEMA_VERSION: u32 = 1;
 
 /// Percentiles of one histogram, in microseconds.
@@ -171,7 +172,7 @@ pub struct RunResult {
     pub runs: Vec<Run>,
     pub counters: Counters,
     /// By histogram name: connect, headers, first_event, delivery, gap, publish_delivery,
-    /// publish_request, publish_send (microseconds).
+    /// publish_request, publish_send, failover (microseconds).
     pub percentiles: BTreeMap<String, Percentiles>,
     /// By histogram name: HdrHistogram V2 serialization, base64 (standard alphabet).
     pub histograms: BTreeMap<String, String>,
@@ -431,7 +432,7 @@ mod tests {
         assert_eq!(mixed.notes.len(), 1);
 
         let mut text = std::fs::read_to_string(&a).unwrap();
-        text = text.replace("\"schema_version\": 2", "\"schema_version\": 999");
+        text = text.replace("\"schema_version\": 3", "\"schema_version\": 999");
         std::fs::write(&a, text).unwrap();
         assert!(RunResult::load(&a).unwrap_err().contains("schema"));
         std::fs::remove_dir_all(&dir).unwrap();
@@ -496,13 +497,19 @@ mod tests {
         let mut v1: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&a).unwrap()).unwrap();
         v1["schema_version"] = 1.into();
-        for name in ["publish_delivery", "publish_request", "publish_send"] {
+        for name in [
+            "publish_delivery",
+            "publish_request",
+            "publish_send",
+            "failover",
+        ] {
             v1["histograms"].as_object_mut().unwrap().remove(name);
             v1["percentiles"].as_object_mut().unwrap().remove(name);
         }
         let counters = v1["counters"].as_object_mut().unwrap();
         counters.retain(|k, _| {
             !k.starts_with("publish")
+                && !k.starts_with("failover")
                 && !k.contains("_reconnects")
                 && !k.starts_with("connections_missing")
         });
