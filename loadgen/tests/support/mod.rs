@@ -8,6 +8,12 @@
 //! replay after their Last-Event-ID (or `ringcast-reset` and what is retained), then
 //! `id: <position>`, then live events and heartbeats. Subscribing and publishing take one
 //! lock, so the fixture itself never loses or repeats an event, unless told to (`Fault`).
+//! `Fixture::cluster` starts several such servers (nodes) on one shared event state, as
+//! ringcast nodes share a Redis stream: ids are the same on every node, so a client can move
+//! between them with its Last-Event-ID; `Fixture::kill` makes a node die the way a killed
+//! process does (its port refuses, its streams end, half with a FIN and half with a reset).
+//!
+//! `RedisServer` runs a real `redis-server` on a free port for the cluster-mode tests.
 
 #![allow(dead_code)]
 
@@ -89,15 +95,18 @@ struct Channel {
     history: VecDeque<(Id, String)>,
     /// The newest evicted id.
     floor: Id,
-    subs: Vec<TcpStream>,
+    /// The streams, with the node that serves each.
+    subs: Vec<(usize, TcpStream)>,
 }
 
-/// The channel server's state.
+/// The channel server's state (shared by the nodes of a `Fixture::cluster`).
 #[derive(Default)]
 pub struct Hub {
     last: Id,
     publishes: u64,
     channels: HashMap<String, Channel>,
+    /// Nodes killed with `Fixture::kill`: their late subscriptions are dropped.
+    dead: Vec<usize>,
 }
 
 fn query_param<'a>(target: &'a str, name: &str) -> Option<&'a str> {
@@ -145,7 +154,7 @@ impl Hub {
             }
         }
         let mut first = true;
-        ch.subs.retain_mut(|s| {
+        ch.subs.retain_mut(|(_, s)| {
             let copies = match opts.fault {
                 Fault::DropEvery(k) if first && n.is_multiple_of(k) => 0,
                 Fault::DuplicateEvery(k) if first && n.is_multiple_of(k) => 2,
@@ -161,11 +170,17 @@ impl Hub {
     /// position, then it joins the channel.
     fn subscribe(
         &mut self,
+        node: usize,
         mut s: TcpStream,
         channel: &str,
         last: Option<&str>,
         opts: &ChannelOpts,
     ) {
+        if self.dead.contains(&node) {
+            // Accepted just before the node died: it dies with it.
+            let _ = s.shutdown(Shutdown::Both);
+            return;
+        }
         let mut out = String::from(
             "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nServer: fixture\r\n\r\n",
         );
@@ -187,19 +202,56 @@ impl Hub {
             out.push_str(&format!("id: {}-{}\n\n", self.last.0, self.last.1));
         }
         if s.write_all(out.as_bytes()).is_ok() {
-            ch.subs.push(s);
+            ch.subs.push((node, s));
         }
     }
 
     fn heartbeat(&mut self) {
         for ch in self.channels.values_mut() {
-            ch.subs.retain_mut(|s| s.write_all(b":\n\n").is_ok());
+            ch.subs.retain_mut(|(_, s)| s.write_all(b":\n\n").is_ok());
         }
+    }
+
+    /// Streams open on `node`.
+    pub fn streams_on(&self, node: usize) -> usize {
+        self.channels
+            .values()
+            .map(|ch| ch.subs.iter().filter(|(n, _)| *n == node).count())
+            .sum()
+    }
+
+    /// Channels with a stream on `node`.
+    pub fn channels_on(&self, node: usize) -> usize {
+        self.channels
+            .values()
+            .filter(|ch| ch.subs.iter().any(|(n, _)| *n == node))
+            .count()
+    }
+
+    /// Ends every stream of `node`, alternately with a FIN and with a reset (SO_LINGER 0),
+    /// as the kernel does for a killed process's sockets; returns how many.
+    fn kill(&mut self, node: usize) -> usize {
+        self.dead.push(node);
+        let mut ended = 0;
+        for ch in self.channels.values_mut() {
+            let (gone, kept): (Vec<_>, Vec<_>) = ch.subs.drain(..).partition(|(n, _)| *n == node);
+            ch.subs = kept;
+            for (_, s) in gone {
+                if ended % 2 == 0 {
+                    let _ = s.shutdown(Shutdown::Both);
+                } else {
+                    let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                }
+                ended += 1;
+            }
+        }
+        ended
     }
 }
 
 /// Serves the publish endpoint (keep-alive) or opens a channel stream.
 fn serve_channels(
+    node: usize,
     mut s: TcpStream,
     mut head: String,
     opts: ChannelOpts,
@@ -217,7 +269,7 @@ fn serve_channels(
             ids.lock().unwrap().push(last.clone());
             hub.lock()
                 .unwrap()
-                .subscribe(s, &channel, last.as_deref(), &opts);
+                .subscribe(node, s, &channel, last.as_deref(), &opts);
             return;
         }
         let len: usize = header(&head, "Content-Length")
@@ -264,7 +316,12 @@ fn serve_channels(
 
 pub struct Fixture {
     pub port: u16,
+    /// This server's number in its cluster (0 for a lone one).
+    pub node: usize,
     stop: Arc<AtomicBool>,
+    /// Stops the accept loop only (`kill`).
+    accepting: Arc<AtomicBool>,
+    acceptor: Option<JoinHandle<()>>,
     /// Last-Event-ID header of every request, in arrival order (None when absent).
     pub last_event_ids: Arc<Mutex<Vec<Option<String>>>>,
     /// Last id sent on each stream the fixture closed itself.
@@ -280,6 +337,29 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn start(mode: Mode) -> Fixture {
+        Self::start_node(mode, Arc::new(Mutex::new(Hub::default())), 0)
+    }
+
+    /// `nodes` channel servers on one shared event state (ids, history): a stand-in for
+    /// ringcast nodes sharing a Redis stream.
+    pub fn cluster(opts: ChannelOpts, nodes: usize) -> Vec<Fixture> {
+        let hub = Arc::new(Mutex::new(Hub::default()));
+        (0..nodes)
+            .map(|node| Self::start_node(Mode::Channels(opts), hub.clone(), node))
+            .collect()
+    }
+
+    /// The node dies: its listener is closed (new connections are refused), then its
+    /// streams end (half with a FIN, half with a reset). Returns how many streams ended.
+    pub fn kill(&mut self) -> usize {
+        self.accepting.store(false, Ordering::Relaxed);
+        if let Some(t) = self.acceptor.take() {
+            let _ = t.join();
+        }
+        self.hub.lock().unwrap().kill(self.node)
+    }
+
+    fn start_node(mode: Mode, hub: Arc<Mutex<Hub>>, node: usize) -> Fixture {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind fixture");
         listener
             .set_nonblocking(true)
@@ -290,12 +370,13 @@ impl Fixture {
         let closed_with = Arc::new(Mutex::new(Vec::new()));
         let peers = Arc::new(Mutex::new(Vec::new()));
         let paths = Arc::new(Mutex::new(Vec::new()));
-        let hub = Arc::new(Mutex::new(Hub::default()));
+        let accepting = Arc::new(AtomicBool::new(true));
         let streams: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
         let mut threads = Vec::new();
-        {
-            let (stop, ids, closed, streams, peers, paths, hub) = (
+        let acceptor = {
+            let (stop, accepting, ids, closed, streams, peers, paths, hub) = (
                 stop.clone(),
+                accepting.clone(),
                 last_event_ids.clone(),
                 closed_with.clone(),
                 streams.clone(),
@@ -303,8 +384,8 @@ impl Fixture {
                 paths.clone(),
                 hub.clone(),
             );
-            threads.push(std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) && accepting.load(Ordering::Relaxed) {
                     match listener.accept() {
                         Ok((s, peer)) => {
                             peers.lock().unwrap().push(peer.ip());
@@ -319,7 +400,7 @@ impl Fixture {
                                 if let Mode::Channels(opts) = mode {
                                     let mut s = s;
                                     if let Some(head) = read_head(&mut s) {
-                                        serve_channels(s, head, opts, &hub, &paths, &ids);
+                                        serve_channels(node, s, head, opts, &hub, &paths, &ids);
                                     }
                                     return;
                                 }
@@ -329,8 +410,9 @@ impl Fixture {
                         Err(_) => std::thread::sleep(Duration::from_millis(2)),
                     }
                 }
-            }));
-        }
+                // The listener closes here: connections are refused from now on.
+            })
+        };
         if let Mode::Channels(_) = mode {
             let (stop, hub) = (stop.clone(), hub.clone());
             threads.push(std::thread::spawn(move || {
@@ -352,7 +434,10 @@ impl Fixture {
         }
         Fixture {
             port,
+            node,
             stop,
+            accepting,
+            acceptor: Some(acceptor),
             last_event_ids,
             closed_with,
             peers,
@@ -379,7 +464,7 @@ impl Fixture {
 impl Drop for Fixture {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
+        for t in self.threads.drain(..).chain(self.acceptor.take()) {
             let _ = t.join();
         }
     }
@@ -476,11 +561,17 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
+/// Sends every tick id in turn, each at its wall-clock time or at once when late: a thread
+/// descheduled for over an interval on a loaded machine sends the ticks it owes late rather
+/// than skipping ids (which the loadgen would rightly count as missed).
 fn tick_loop(interval_ms: u64, chunked: bool, stop: &AtomicBool, streams: &Mutex<Vec<TcpStream>>) {
+    let mut tick = now_ms() / interval_ms;
     while !stop.load(Ordering::Relaxed) {
+        tick += 1;
         let now = now_ms();
-        let tick = now / interval_ms + 1;
-        std::thread::sleep(Duration::from_millis(tick * interval_ms - now));
+        std::thread::sleep(Duration::from_millis(
+            (tick * interval_ms).saturating_sub(now),
+        ));
         let event = format!("id: {tick}\nevent: message\ndata: hello\n\n");
         let frame = if chunked {
             format!("{:x}\r\n{event}\r\n", event.len())
@@ -694,6 +785,21 @@ impl Ringcast {
         format!("http://127.0.0.1:{}/", self.port)
     }
 
+    /// A sample of the server's admin `/metrics` (see `metric`), when it has an admin listener.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let admin = self.info_url.as_deref()?.strip_suffix("/info")?;
+        metric(&http_get(&format!("{admin}/metrics"))?, name)
+    }
+
+    /// Whether this build has cluster mode (`--redis`).
+    pub fn has_cluster_mode(binary: &PathBuf) -> bool {
+        Command::new(binary)
+            .arg("--help")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains("--redis"))
+            .unwrap_or(false)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -749,4 +855,135 @@ pub fn serve_json_once(body: &'static str) -> String {
         }
     });
     url
+}
+
+/// CI sets `RINGCAST_REQUIRE_CLIENTS=1`: a missing external program is then a failure.
+pub fn clients_required() -> bool {
+    std::env::var_os("RINGCAST_REQUIRE_CLIENTS").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// The first executable called `name` on `PATH`, else Debian's place for it.
+fn find_program(name: &str, fallback: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .chain([PathBuf::from(fallback)])
+        .find(|p| {
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// A `redis-server` on a free loopback port, persistence off, in its own temporary
+/// directory; killed (and the directory removed) when dropped, and by the kernel if the test
+/// process dies first.
+pub struct RedisServer {
+    child: Child,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl RedisServer {
+    /// `None` (after saying why on stderr) when redis-server is missing, unless
+    /// `RINGCAST_REQUIRE_CLIENTS` is set: then it panics.
+    pub fn start(test: &str) -> Option<RedisServer> {
+        let Some(program) = find_program("redis-server", "/usr/bin/redis-server") else {
+            assert!(
+                !clients_required(),
+                "{test}: redis-server is not installed, and RINGCAST_REQUIRE_CLIENTS is set"
+            );
+            // Straight to stderr: the harness shows eprintln! output only for failing tests.
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED {test}: redis-server is not installed (Debian: apt-get install redis-server; \
+                 set RINGCAST_REQUIRE_CLIENTS=1 to make this a failure)"
+            );
+            return None;
+        };
+        let dir = temp_path("redis");
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = closed_port();
+        let mut cmd = Command::new(program);
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only an async-signal-safe call between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                })
+            };
+        }
+        let child = cmd.spawn().expect("spawn redis-server");
+        let server = RedisServer { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !server.ping() {
+            assert!(
+                Instant::now() < deadline,
+                "{test}: redis-server did not answer PING"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(server)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn ping(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut buf = [0u8; 16];
+        s.write_all(b"PING\r\n").is_ok()
+            && matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// GET `url` (http://host:port/path) with `Connection: close`: the body, or None.
+pub fn http_get(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("http://")?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path = if path.is_empty() { "/" } else { path };
+    let mut s = TcpStream::connect(authority).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+}
+
+/// A Prometheus sample from a `/metrics` text: the unlabelled `name`, or its
+/// `{worker="total"}` line.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let value = l.strip_prefix(name).and_then(|r| {
+            r.strip_prefix(' ')
+                .or(r.strip_prefix("{worker=\"total\"} "))
+        })?;
+        value.trim().parse().ok()
+    })
 }
