@@ -579,10 +579,30 @@ def kernel_key(release):
     return [int(p) for p in parts[:3]]
 
 
+# Scenarios with their own result trees and summaries (bench/publish.sh, bench/cluster.sh): not
+# ladder results, linked from the README instead of tabled in it.
+SCENARIOS = {
+    "publish": "published events: ringcast against nginx+nchan, publish intake, history under a flood",
+    "cluster": "several nodes through Redis Streams, failover",
+}
+
+
 def readme(results_dir):
     files = sorted(glob.glob(os.path.join(results_dir, "**", "*.json"), recursive=True))
+    files = [
+        f for f in files
+        if os.path.relpath(f, results_dir).split(os.sep)[0] not in SCENARIOS
+    ]
     results, wrks = load(files)
     out = [README_HEAD]
+    linked = [
+        (name, what) for name, what in SCENARIOS.items()
+        if os.path.exists(os.path.join(results_dir, name, "README.md"))
+    ]
+    if linked:
+        out.append("\nOther scenarios, each with its own page: ")
+        out.append("; ".join(f"[{name}]({name}/README.md) ({what})" for name, what in linked))
+        out.append(".\n")
     # Results from emulated guests (TCG) are never put beside native ones: they get their own
     # section, kernels side by side, with no ratios (there is no floor in their run).
     emulated = [r for r in results if r.virt in ("tcg", "kvm")]

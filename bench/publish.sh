@@ -12,9 +12,9 @@
 # then, once:
 #   intake   wrk POSTing to ringcast's /publish over keep-alive, 5 subscribers on the channel
 #   flood    a 4 KiB-event publish flood over 1,000 channels with --history-bytes 16MiB: RSS
-# and writes RESULTS/<kernel>/<date>-<host>-publish-*.json, then bench/publish_summary.py turns
-# them into RESULTS/<kernel>/<date>-<host>-publish-summary.json and RESULTS/publish.md (medians
-# of same-round ratios). Every step has a time limit.
+# and writes RESULTS/<kernel>/<date>-<host>-publish-*.json (RESULTS: results/publish), then
+# bench/publish_summary.py turns them into RESULTS/<kernel>/<date>-<host>-publish-summary.json and
+# RESULTS/README.md (medians of same-round ratios). Every step has a time limit.
 #
 # Usage: bench/publish.sh [--connections N] [--rounds R] [--duration D] [--warmup W]
 #                         [--servers "uring nchan"] [--results DIR] [--no-build]
@@ -28,7 +28,7 @@ duration=30s
 warmup=6s
 rate=2000
 servers="uring nchan"
-results=$root/results
+results=$root/results/publish
 build=1
 while [ $# -gt 0 ]; do
     case $1 in
@@ -199,5 +199,5 @@ else
 fi
 
 say "summary"
-python3 "$bench/publish_summary.py" --run "$date_tag-$host" "$outdir" "$results/publish.md"
+python3 "$bench/publish_summary.py" --run "$date_tag-$host" "$outdir" "$results/README.md"
 echo "logs of this run: $work"
