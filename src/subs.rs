@@ -65,7 +65,7 @@ struct Sub {
     replay_left: usize,
     queue: Frames,
     /// (channel key, member key in that channel) for each subscribed channel.
-    member_of: Box<[(u32, u32)]>,
+    member_of: Membership,
     /// Its place under the cap, given back with the slot.
     _permit: Permit,
 }
@@ -135,6 +135,22 @@ impl From<VecDeque<Bytes>> for Frames {
     }
 }
 
+/// Where a stream sits in the channel index: (channel key, member key) per channel. One channel
+/// (the common case) is held inline, so a stream has no heap allocation of its own.
+enum Membership {
+    One([(u32, u32); 1]),
+    Many(Box<[(u32, u32)]>),
+}
+
+impl Membership {
+    fn as_slice(&self) -> &[(u32, u32)] {
+        match self {
+            Membership::One(one) => one,
+            Membership::Many(many) => many,
+        }
+    }
+}
+
 struct Channel {
     name: Box<str>,
     members: Slab<u32>,
@@ -177,8 +193,10 @@ pub struct Subs {
     slab: RefCell<Slab<Sub>>,
     index: RefCell<Index>,
     ready: RefCell<VecDeque<usize>>,
-    /// The last event this core handled (the hub's start before any).
+    /// The last event this core handled (the hub's start before any), and its `id:` frame,
+    /// made once per position rather than once per stream.
     position: Cell<EventId>,
+    position_frame: RefCell<(EventId, Bytes)>,
     stamp: Cell<u32>,
     serial: Cell<u64>,
     pub notify: Notify,
@@ -205,6 +223,7 @@ impl Subs {
             index: RefCell::new(Index::default()),
             ready: RefCell::new(VecDeque::new()),
             position: Cell::new(hub.start()),
+            position_frame: RefCell::new((hub.start(), position_frame(hub.start()))),
             stamp: Cell::new(0),
             notify: Notify::default(),
             hub,
@@ -238,7 +257,7 @@ impl Subs {
                 _ => queue = self.opening(replay, last, position),
             }
         } else {
-            queue.push_back(position_frame(position));
+            queue.push_back(self.position_frame(position));
         }
         let queued: usize = queue.iter().map(Bytes::len).sum();
 
@@ -294,8 +313,20 @@ impl Subs {
         self.stats
             .add(&self.stats.events_replayed, replay.events.len() as u64);
         queue.extend(replay.events.iter().map(|e| e.frame.clone()));
-        queue.push_back(position_frame(position));
+        queue.push_back(self.position_frame(position));
         queue
+    }
+
+    /// `id: <position>`, shared by every stream that opens at the current position.
+    fn position_frame(&self, position: EventId) -> Bytes {
+        if position != self.position.get() {
+            return position_frame(position); // an older one (an engine replay's)
+        }
+        let mut cached = self.position_frame.borrow_mut();
+        if cached.0 != position {
+            *cached = (position, position_frame(position));
+        }
+        cached.1.clone()
     }
 
     /// The engine's answer for a held stream: its replay goes in front of the live events that
@@ -494,8 +525,8 @@ impl Subs {
 }
 
 impl Index {
-    fn join(&mut self, names: &[Box<str>], key: usize) -> Box<[(u32, u32)]> {
-        names
+    fn join(&mut self, names: &[Box<str>], key: usize) -> Membership {
+        let places: Vec<(u32, u32)> = names
             .iter()
             .map(|name| {
                 let ch = match self.by_name.get(name) {
@@ -512,11 +543,15 @@ impl Index {
                 let member = self.channels[ch as usize].members.insert(key as u32) as u32;
                 (ch, member)
             })
-            .collect()
+            .collect();
+        match places[..] {
+            [one] => Membership::One([one]),
+            _ => Membership::Many(places.into_boxed_slice()),
+        }
     }
 
-    fn leave(&mut self, member_of: &[(u32, u32)]) {
-        for &(ch, member) in member_of {
+    fn leave(&mut self, member_of: &Membership) {
+        for &(ch, member) in member_of.as_slice() {
             let channel = &mut self.channels[ch as usize];
             channel.members.remove(member as usize);
             if channel.members.is_empty() {
@@ -538,4 +573,15 @@ fn reset_frame(why: ResetReason, last: &[u8], position: EventId, retained: usize
         "current_id": position.to_string(),
     });
     Bytes::from(format!("event: ringcast-reset\ndata: {data}\n\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_channel_stream_slot_stays_small() {
+        // The slot is most of what an idle channel stream costs (its socket is 80 bytes of it):
+        // keep it within the budget the memory benchmark was measured with.
+        assert!(std::mem::size_of::<super::Sub>() <= 192);
+        assert!(std::mem::size_of::<super::Frames>() <= 40);
+    }
 }
