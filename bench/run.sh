@@ -32,13 +32,15 @@
 #   --no-sysctl            do not try to change sysctls
 #   --no-readme            do not regenerate DIR/README.md
 #   --scenario NAME        another scenario instead of the ladder, with its own options after it:
-#                          `publish` (bench/publish.sh: published events vs nchan, intake, flood)
+#                          `publish` (bench/publish.sh: published events vs nchan, intake, flood),
+#                          `cluster` (bench/cluster.sh: two nodes through Redis vs one, failover)
 set -euo pipefail
 
 if [ "${1:-}" = --scenario ]; then
     case ${2:-} in
         publish) shift 2; exec "$(dirname "$0")/publish.sh" "$@" ;;
-        *) echo "run.sh: unknown scenario ${2:-} (publish)" >&2; exit 2 ;;
+        cluster) shift 2; exec "$(dirname "$0")/cluster.sh" "$@" ;;
+        *) echo "run.sh: unknown scenario ${2:-} (publish, cluster)" >&2; exit 2 ;;
     esac
 fi
 
