@@ -584,6 +584,7 @@ def kernel_key(release):
 SCENARIOS = {
     "publish": "published events: ringcast against nginx+nchan, publish intake, history under a flood",
     "cluster": "several nodes through Redis Streams, failover",
+    "collect": "returning freed heap pages after every tick walk or less often",
 }
 
 
