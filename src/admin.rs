@@ -811,52 +811,48 @@ pub(crate) fn metrics(state: &State) -> String {
     );
     let (h_events, h_bytes, h_channels) = state.hub.history_size();
     let c = &state.counters;
-    for (name, kind, help, value) in [
+    // Series without a worker label: the hub's, the admin listener's, and the engine's.
+    let mut plain: Vec<(&str, &str, &str, f64)> = vec![
         (
             "events_published_total",
             "counter",
             "Events published (sequenced and handed to every core).",
-            state.hub.published(),
+            state.hub.published() as f64,
         ),
         (
             "history_events",
             "gauge",
             "Events held in the replay history.",
-            h_events as u64,
+            h_events as f64,
         ),
         (
             "history_bytes",
             "gauge",
             "Bytes the replay history holds (frames and bookkeeping).",
-            h_bytes as u64,
+            h_bytes as f64,
         ),
         (
             "history_channels",
             "gauge",
             "Channels with events in the replay history.",
-            h_channels as u64,
+            h_channels as f64,
         ),
         (
             "publish_requests_total",
             "counter",
             "Requests to /publish.",
-            c.publish_requests.load(Ordering::Relaxed),
+            c.publish_requests.load(Ordering::Relaxed) as f64,
         ),
         (
             "admin_connections_refused_total",
             "counter",
             "Admin connections refused at --admin-max-connections.",
-            c.connections_refused.load(Ordering::Relaxed),
+            c.connections_refused.load(Ordering::Relaxed) as f64,
         ),
-    ] {
-        let _ = writeln!(
-            out,
-            "# HELP ringcast_{name} {help}\n# TYPE ringcast_{name} {kind}\nringcast_{name} {value}"
-        );
-    }
+    ];
     if let Some(e) = &state.engine {
         let ec = &e.counters;
-        for (name, kind, help, value) in [
+        plain.extend([
             (
                 "engine_up",
                 "gauge",
@@ -905,12 +901,13 @@ pub(crate) fn metrics(state: &State) -> String {
                 "Times the event store came back without its data (a new epoch).",
                 ec.epoch_changes.load(Ordering::Relaxed) as f64,
             ),
-        ] {
-            let _ = writeln!(
-                out,
-                "# HELP ringcast_{name} {help}\n# TYPE ringcast_{name} {kind}\nringcast_{name} {value}"
-            );
-        }
+        ]);
+    }
+    for (name, kind, help, value) in plain {
+        let _ = writeln!(
+            out,
+            "# HELP ringcast_{name} {help}\n# TYPE ringcast_{name} {kind}\nringcast_{name} {value}"
+        );
     }
     let _ = writeln!(
         out,

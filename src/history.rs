@@ -139,7 +139,13 @@ impl History {
     pub fn push(&mut self, event: Arc<Event>, now: Instant) {
         let per_channel = self.limits.per_channel;
         for name in event.channels.iter() {
-            let ch = self.channels.entry(name.clone()).or_default();
+            // Look up first: the name is cloned only for a channel the history does not hold.
+            if !self.channels.contains_key(name) {
+                self.channels.insert(name.clone(), Channel::default());
+            }
+            let Some(ch) = self.channels.get_mut(name) else {
+                continue;
+            };
             ch.events.push_back(event.clone());
             if ch.events.len() > per_channel {
                 if let Some(old) = ch.events.pop_front() {

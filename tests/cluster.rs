@@ -118,6 +118,10 @@ fn three_nodes_deliver_every_event_once_in_order() {
     }
 }
 
+/// What a follower ends with: its channel, its start position, the ids it received, and how
+/// many times it moved to another node.
+type Followed = (usize, String, Vec<String>, usize);
+
 /// Clients that follow a channel through reconnects, moving to the next node when theirs is
 /// gone, as a client behind a load balancer would; each returns what it received.
 fn followers(
@@ -126,7 +130,7 @@ fn followers(
     channels: usize,
     published: Arc<Mutex<Vec<Vec<String>>>>,
     done: Arc<AtomicBool>,
-) -> Vec<std::thread::JoinHandle<(usize, String, Vec<String>)>> {
+) -> Vec<std::thread::JoinHandle<Followed>> {
     (0..clients)
         .map(|i| {
             let (nodes, published, done) = (nodes.clone(), published.clone(), done.clone());
@@ -137,10 +141,11 @@ fn followers(
                 let mut s = Sub::open(nodes[at], &query, None);
                 let start = s.position();
                 let mut got: Vec<String> = Vec::new();
+                let mut moves = 0;
                 loop {
                     let last = published.lock().unwrap()[ch].last().cloned();
                     if done.load(Ordering::Acquire) && got.last() == last.as_ref() {
-                        return (ch, start, got);
+                        return (ch, start, got, moves);
                     }
                     match s.c.next_event() {
                         Some(e) => {
@@ -163,6 +168,7 @@ fn followers(
                                 }
                             }
                             s = Sub::open(nodes[at], &query, last.as_deref());
+                            moves += 1;
                         }
                     }
                 }
@@ -212,19 +218,19 @@ fn clients_of_a_killed_node_resume_on_another_without_loss() {
     }
     done.store(true, Ordering::Release);
     let published = published.lock().unwrap().clone();
+    let mut moved = 0;
     for c in clients {
-        let (ch, start, got) = c.join().unwrap();
+        let (ch, start, got, moves) = c.join().unwrap();
         let expected: Vec<&String> = published[ch]
             .iter()
             .filter(|id| id_key(id) > id_key(&start))
             .collect();
         assert_eq!(got.iter().collect::<Vec<_>>(), expected, "channel c{ch}");
+        moved += moves.min(1);
     }
-    let replayed: f64 = nodes[1..]
-        .iter()
-        .map(|n| metric(n, "events_replayed_total"))
-        .sum();
-    assert!(replayed > 0.0, "the moved clients were replayed to");
+    // The killed node's clients (every third) all moved; whether they needed a replay depends
+    // on whether an event of their channel came while they were away, so it is not asserted.
+    assert!(moved >= 30, "{moved} clients moved to another node");
 }
 
 #[test]
