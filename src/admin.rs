@@ -395,14 +395,18 @@ async fn answer(
         };
         let checked = publish::check(head.query.as_bytes(), &buf[head.head_len..end], limits);
         buf.drain(..end);
-        let p = match checked {
+        let publish::Publish {
+            channels,
+            event,
+            data,
+        } = match checked {
             Ok(p) => p,
             Err(r) => return refuse(r, close),
         };
         let published = match &state.engine {
             None => state
                 .hub
-                .publish(p.channels.clone(), &p.event, &p.data)
+                .publish(channels.clone(), &event, &data)
                 .map_err(|e| match e {
                     PublishError::Overloaded => "the workers cannot keep up; retry shortly".into(),
                     PublishError::ShuttingDown | PublishError::NotLocal => {
@@ -410,7 +414,9 @@ async fn answer(
                     }
                 }),
             Some(engine) => {
-                let answer = engine.publish(p.channels.clone(), p.event.clone(), p.data.clone());
+                // The event and its data move to the writer; only the channel names are kept,
+                // for the answer.
+                let answer = engine.publish(channels.clone(), event, data);
                 match answer.await {
                     Ok(Ok(id)) => Ok(id),
                     Ok(Err(engine::PublishError::Unavailable(why))) => {
@@ -422,7 +428,7 @@ async fn answer(
         };
         return match published {
             Ok(id) => {
-                let body = serde_json::json!({ "id": id.to_string(), "channels": p.channels })
+                let body = serde_json::json!({ "id": id.to_string(), "channels": channels })
                     .to_string()
                     + "\n";
                 (
