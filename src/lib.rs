@@ -43,6 +43,7 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod net;
+pub(crate) mod parked;
 pub mod publish;
 pub mod ring_flags;
 pub mod server;
