@@ -663,6 +663,12 @@ const FAMILIES: &[Family] = &[
         |s| s.heartbeats_skipped as f64,
     ),
     (
+        "heartbeats_not_needed_total",
+        "counter",
+        "Heartbeats not sent: the channel stream had an event since the last heartbeat walk.",
+        |s| s.heartbeats_not_needed as f64,
+    ),
+    (
         "stuck_writes_reaped_total",
         "counter",
         "Streams shut down for skips whose parked write never returned, removed at the next walk.",
@@ -967,6 +973,7 @@ pub(crate) fn info(state: &State) -> String {
         "started_unix": started,
         "listen": state.listen.to_string(),
         "workers": workers,
+        "socket_options_inherited": cfg.inherited.to_json(),
         "interval_ms": cfg.interval.as_millis() as u64,
         "event": cfg.event,
         "data": cfg.data,

@@ -84,6 +84,7 @@ counters! {
     events_replayed,
     replay_resets,
     heartbeats_skipped,
+    heartbeats_not_needed,
     rejected_busy,
     rejected_timeout,
     rejected_bad_request,

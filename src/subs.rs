@@ -35,6 +35,7 @@ use crate::http::Subscription;
 use crate::hub::Hub;
 use crate::metrics::{CloseReason, WorkerStats};
 use crate::net;
+use crate::parked::Parked;
 use crate::streams::Permit;
 
 /// Why a stream is being closed while its write is still pending.
@@ -46,7 +47,7 @@ enum Abort {
 
 struct Sub {
     /// `None` while a write is in flight.
-    stream: Option<TcpStream>,
+    stream: Option<Parked>,
     fd: RawFd,
     state: Abort,
     /// On the core's ready list.
@@ -57,6 +58,9 @@ struct Sub {
     serial: u64,
     /// Consecutive heartbeats skipped because a write was pending.
     skips: u8,
+    /// An event (or its opening frames) was queued since the last heartbeat walk: the stream
+    /// was not silent, so that walk passes it by.
+    active: bool,
     /// The last event queued here (one event on several of its channels is queued once).
     stamp: u32,
     /// Bytes queued, and how many of them are the replay it opened with (which does not count
@@ -268,12 +272,13 @@ impl Subs {
         let ready = held.is_none();
         entry.insert(Sub {
             fd: stream.as_raw_fd(),
-            stream: Some(stream),
+            stream: Some(Parked::new(stream)),
             state: Abort::Open,
             ready,
             held: !ready,
             serial,
             skips: 0,
+            active: true,
             stamp: self.stamp.get(),
             queued,
             replay_left: queued,
@@ -379,6 +384,7 @@ impl Subs {
                     continue;
                 }
                 sub.stamp = stamp;
+                sub.active = true;
                 self.enqueue(sub, key, event.frame.clone(), &mut ready);
                 reached += 1;
             }
@@ -417,8 +423,10 @@ impl Subs {
         }
     }
 
-    /// Queues the heartbeat on every idle stream; a stream whose write is still pending skips
-    /// it, and is closed after `--max-skips` consecutive skips (it does not read).
+    /// Queues the heartbeat on every stream that has been silent since the last heartbeat walk
+    /// (one that was sent an event meanwhile needs none: no stream is silent for longer than
+    /// two heartbeat intervals). A stream whose write is still pending skips it, and is closed
+    /// after `--max-skips` consecutive skips (it does not read).
     pub fn heartbeat(&self, frame: &Bytes) {
         let mut slab = self.slab.borrow_mut();
         let mut ready = self.ready.borrow_mut();
@@ -433,6 +441,8 @@ impl Subs {
                 if sub.skips >= self.max_skips {
                     closing.push(key);
                 }
+            } else if std::mem::take(&mut sub.active) {
+                self.stats.inc(&self.stats.heartbeats_not_needed);
             } else if sub.queue.is_empty() {
                 self.enqueue(sub, key, frame.clone(), &mut ready);
             }
@@ -473,10 +483,13 @@ impl Subs {
             };
             sub.queued -= frame.len();
             sub.replay_left = sub.replay_left.saturating_sub(frame.len());
-            let Some(stream) = sub.stream.take() else {
+            let Some(parked) = sub.stream.take() else {
                 continue;
             };
-            return Some((key, stream, frame));
+            match parked.take() {
+                Ok(stream) => return Some((key, stream, frame)),
+                Err(e) => self.remove(&mut slab, key, CloseReason::from_write_error(&e)),
+            }
         }
     }
 
@@ -491,7 +504,7 @@ impl Subs {
             (Ok(n), Abort::Open) => {
                 self.stats.inc(&self.stats.frames_sent);
                 self.stats.add(&self.stats.bytes_sent, n as u64);
-                sub.stream = Some(stream);
+                sub.stream = Some(Parked::new(stream));
                 sub.skips = 0;
                 if !sub.queue.is_empty() && !sub.held {
                     sub.ready = true;
@@ -577,11 +590,92 @@ fn reset_frame(why: ResetReason, last: &[u8], position: EventId, retained: usize
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::history::Limits;
+    use crate::streams::StreamCap;
+    use std::time::Duration;
+
+    /// A channel stream's server end on loopback (the client end is kept open by the caller).
+    fn socket() -> (TcpStream, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        (TcpStream::from_std(server).unwrap(), client)
+    }
+
+    /// Completes every write that is ready as if it had succeeded; returns (key, frame) pairs.
+    fn drain(subs: &Subs) -> Vec<(usize, Bytes)> {
+        let mut out = Vec::new();
+        while let Some((key, stream, frame)) = subs.next_write() {
+            subs.complete(key, stream, Ok(frame.len()));
+            out.push((key, frame));
+        }
+        out
+    }
+
+    #[test]
+    fn the_heartbeat_passes_by_streams_that_were_sent_an_event_since_the_last_one() {
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let limits = Limits {
+                    per_channel: 16,
+                    bytes: 1 << 20,
+                    age: Duration::from_secs(60),
+                };
+                let (hub, _inboxes) = Hub::new(limits, 1);
+                let stats = Arc::new(WorkerStats::default());
+                let subs = Subs::new(hub, None, stats.clone(), 1 << 20, 3);
+                let cap = Arc::new(StreamCap::new(10));
+                let mut clients = Vec::new();
+                for ch in ["a", "b"] {
+                    let (stream, client) = socket();
+                    clients.push(client);
+                    let sub = Subscription {
+                        channels: vec![ch.into()],
+                        last_event_id: None,
+                    };
+                    subs.open(stream, sub, cap.try_reserve().unwrap());
+                }
+                assert_eq!(
+                    drain(&subs).len(),
+                    2,
+                    "each stream's opening position frame"
+                );
+                let hb = Bytes::from_static(crate::event::HEARTBEAT);
+                let heartbeats = |subs: &Subs| -> Vec<usize> {
+                    subs.heartbeat(&hb);
+                    let frames = drain(subs);
+                    assert!(
+                        frames.iter().all(|(_, f)| f == &hb),
+                        "only heartbeats queued"
+                    );
+                    frames.into_iter().map(|(k, _)| k).collect()
+                };
+                // Both just opened (their position frame went out): neither was silent.
+                assert_eq!(heartbeats(&subs), Vec::<usize>::new());
+                // Stream 0 gets an event; stream 1 stays silent.
+                let ev = Event::new(EventId::new(1, 1), vec!["a".into()].into(), "", "x");
+                subs.deliver(&ev);
+                assert_eq!(drain(&subs).len(), 1);
+                assert_eq!(heartbeats(&subs), vec![1], "only the silent stream");
+                // Now both have been silent for a whole interval.
+                let mut both = heartbeats(&subs);
+                both.sort();
+                assert_eq!(both, vec![0, 1]);
+                let snap = stats.snapshot();
+                assert_eq!(snap.heartbeats_not_needed, 3);
+                assert_eq!(snap.heartbeats_skipped, 0);
+            });
+    }
+
     #[test]
     fn a_channel_stream_slot_stays_small() {
-        // The slot is most of what an idle channel stream costs (its socket is 80 bytes of it):
-        // keep it within the budget the memory benchmark was measured with.
-        assert!(std::mem::size_of::<super::Sub>() <= 192);
+        // The slot is most of what an idle channel stream costs (its parked socket is a bare fd
+        // on io_uring, see parked.rs): keep it within the budget the memory benchmark measured.
+        assert!(std::mem::size_of::<super::Sub>() <= 128);
         assert!(std::mem::size_of::<super::Frames>() <= 40);
     }
 }
