@@ -311,6 +311,9 @@ pub struct Config {
     pub admin_max_connections: usize,
     pub redis: Option<crate::engine::Settings>,
     pub collect_every: u32,
+    /// Which stream options accepted sockets inherit from the listeners: found by the server's
+    /// start-up probe (`net::probe_inherited`); none until then.
+    pub inherited: crate::net::Inherited,
 }
 
 impl Config {
@@ -357,6 +360,14 @@ impl Config {
                 }
             }),
             collect_every: args.collect_every,
+            inherited: Default::default(),
+        }
+    }
+
+    /// The options every connection gets (through the listener when inherited).
+    pub fn stream_options(&self) -> crate::net::StreamOptions {
+        crate::net::StreamOptions {
+            user_timeout: self.user_timeout,
         }
     }
 

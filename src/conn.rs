@@ -185,11 +185,24 @@ async fn read_more(
     let remaining = || deadline.saturating_duration_since(Instant::now());
     if buf.capacity() == 0 {
         // Nothing read yet on this connection: an SSE client will send one request and then
-        // live in the slab, so do not hand it a buffer until its bytes are there.
+        // live in the slab, so do not hand it a buffer until its bytes are there. On io_uring,
+        // bytes that are already there are read directly (no poll and recv round trips through
+        // the ring); only a connection that is still silent waits on a poll.
+        let uring = !monoio::utils::is_legacy();
+        if uring {
+            if let Some(r) = try_recv(core, stream, buf, room) {
+                return r;
+            }
+        }
         match monoio::time::timeout(remaining(), stream.readable(true)).await {
             Err(_) => return Err(NoMore::Timeout),
             Ok(Err(_)) => return Err(NoMore::Closed),
             Ok(Ok(())) => {}
+        }
+        if uring {
+            if let Some(r) = try_recv(core, stream, buf, room) {
+                return r;
+            }
         }
         *buf = core.take_buffer();
     }
@@ -207,6 +220,32 @@ async fn read_more(
     match res {
         Ok(0) | Err(_) => Err(NoMore::Closed),
         Ok(_) => Ok(()),
+    }
+}
+
+/// One direct non-blocking read into a pooled buffer (io_uring only, see `net::try_recv`):
+/// `Some` with the outcome if bytes came or the peer closed, `None` (no buffer kept) if nothing
+/// is there yet.
+fn try_recv(
+    core: &Core,
+    stream: &TcpStream,
+    buf: &mut Vec<u8>,
+    room: usize,
+) -> Option<Result<(), NoMore>> {
+    let mut b = core.take_buffer();
+    match net::try_recv(stream.as_raw_fd(), &mut b, room) {
+        net::Recv::Got(_) => {
+            *buf = b;
+            Some(Ok(()))
+        }
+        net::Recv::Closed => {
+            core.put_buffer(b);
+            Some(Err(NoMore::Closed))
+        }
+        net::Recv::WouldBlock => {
+            core.put_buffer(b);
+            None
+        }
     }
 }
 
@@ -234,11 +273,20 @@ async fn open_stream(
     sub: Option<Subscription>,
     permit: Permit,
 ) {
-    let write = stream.write_all(head);
-    let Ok((Ok(_), _)) = monoio::time::timeout(core.cfg.header_timeout, write).await else {
-        return;
-    };
-    net::tune_stream(stream.as_raw_fd(), core.cfg.user_timeout);
+    // The head normally fits the empty send buffer at once: send it directly, and only what
+    // did not go (if anything) through the runtime.
+    let sent = net::try_send(stream.as_raw_fd(), &head);
+    if sent < head.len() {
+        let write = stream.write_all(head.slice(sent..));
+        let Ok((Ok(_), _)) = monoio::time::timeout(core.cfg.header_timeout, write).await else {
+            return;
+        };
+    }
+    net::tune_stream(
+        stream.as_raw_fd(),
+        core.cfg.stream_options(),
+        core.cfg.inherited,
+    );
     match sub {
         None => {
             core.streams.insert(stream, permit);

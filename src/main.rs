@@ -12,7 +12,11 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 fn main() -> ExitCode {
     let args = Args::parse();
     if args.probe_uring {
-        println!("{}", ringcast::uring_facts::probe());
+        let mut facts = ringcast::uring_facts::probe();
+        // Not io_uring, but decided by a start-up probe too and wanted in the kernel matrix.
+        let opts = Config::from_args(&args).stream_options();
+        facts["tcp_options_inherited"] = ringcast::net::probe_inherited(opts).to_json();
+        println!("{facts}");
         return ExitCode::SUCCESS;
     }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -14,10 +14,12 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 /// Binds `count` listeners on `addr` sharing one port through SO_REUSEPORT. With port 0, the
 /// kernel picks the port once and every listener gets the same one.
+/// The listeners carry the stream options, which accepted sockets inherit (see [`Inherited`]).
 pub fn bind_listeners(
     addr: SocketAddr,
     count: usize,
     backlog: i32,
+    opts: StreamOptions,
 ) -> io::Result<Vec<TcpListener>> {
     let domain = Domain::for_address(addr);
     // The probe: SO_REUSEADDR (so TIME_WAIT leftovers do not block a restart) but not
@@ -45,7 +47,7 @@ pub fn bind_listeners(
             let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
             s.set_reuse_address(true)?;
             s.set_reuse_port(true)?;
-            s.set_nodelay(true)?;
+            opts.apply(&socket2::SockRef::from(&s))?;
             s.bind(&bound.into())
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot bind {bound}: {e}")))?;
             s.listen(backlog)?;
@@ -55,18 +57,181 @@ pub fn bind_listeners(
         .collect()
 }
 
-/// Options for a socket that becomes a long-lived stream: TCP_NODELAY so a frame leaves at once,
-/// keepalive and TCP_USER_TIMEOUT so a peer that vanished without a FIN is reaped by the kernel.
-pub fn tune_stream(fd: RawFd, user_timeout: Duration) {
-    let ka = socket2::TcpKeepalive::new()
-        .with_time(Duration::from_secs(30))
-        .with_interval(Duration::from_secs(10))
-        .with_retries(3);
+/// The options every connection gets: TCP_NODELAY so a frame leaves at once, keepalive and
+/// TCP_USER_TIMEOUT so a peer that vanished without a FIN is reaped by the kernel.
+#[derive(Clone, Copy, Debug)]
+pub struct StreamOptions {
+    pub user_timeout: Duration,
+}
+
+impl StreamOptions {
+    fn keepalive() -> socket2::TcpKeepalive {
+        socket2::TcpKeepalive::new()
+            .with_time(KEEPALIVE_TIME)
+            .with_interval(KEEPALIVE_INTERVAL)
+            .with_retries(KEEPALIVE_RETRIES)
+    }
+
+    /// Sets every option on `s` (a listener or a connection).
+    fn apply(&self, s: &socket2::SockRef<'_>) -> io::Result<()> {
+        s.set_nodelay(true)?;
+        s.set_tcp_keepalive(&Self::keepalive())?;
+        s.set_tcp_user_timeout(Some(self.user_timeout))
+    }
+
+    /// Which options `s` carries as `apply` set them.
+    fn carried(&self, s: &socket2::SockRef<'_>) -> Inherited {
+        Inherited {
+            nodelay: s.nodelay().unwrap_or(false),
+            keepalive: s.keepalive().unwrap_or(false)
+                && s.keepalive_time().ok() == Some(KEEPALIVE_TIME)
+                && s.keepalive_interval().ok() == Some(KEEPALIVE_INTERVAL)
+                && s.keepalive_retries().ok() == Some(KEEPALIVE_RETRIES),
+            user_timeout: s.tcp_user_timeout().ok().flatten() == Some(self.user_timeout),
+        }
+    }
+}
+
+const KEEPALIVE_TIME: Duration = Duration::from_secs(30);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_RETRIES: u32 = 3;
+
+/// Which of the stream options an accepted socket takes over from its listener. Linux copies
+/// them when it clones the listener into the new socket, so all three are expected; the server
+/// checks it once at start ([`probe_inherited`]) and sets per stream only what did not carry
+/// over, instead of five `setsockopt` calls on every new stream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Inherited {
+    pub nodelay: bool,
+    pub keepalive: bool,
+    pub user_timeout: bool,
+}
+
+impl Inherited {
+    pub fn all(&self) -> bool {
+        self.nodelay && self.keepalive && self.user_timeout
+    }
+
+    /// `{"nodelay": true, ...}` for `/info` and `--probe-uring`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "nodelay": self.nodelay,
+            "keepalive": self.keepalive,
+            "user_timeout": self.user_timeout,
+        })
+    }
+}
+
+impl std::fmt::Display for Inherited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names = [
+            (self.nodelay, "nodelay"),
+            (self.keepalive, "keepalive"),
+            (self.user_timeout, "user_timeout"),
+        ];
+        let got: Vec<&str> = names.iter().filter(|(y, _)| *y).map(|(_, n)| *n).collect();
+        if got.is_empty() {
+            f.write_str("none")
+        } else {
+            f.write_str(&got.join(","))
+        }
+    }
+}
+
+/// Finds out which stream options an accepted socket inherits from its listener: a loopback
+/// listener with the options set, one connection, and a look at the accepted end. Any failure
+/// (no loopback, say) answers "none", which only costs the per-stream calls.
+pub fn probe_inherited(opts: StreamOptions) -> Inherited {
+    let probe = || -> io::Result<Inherited> {
+        let listener = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+        opts.apply(&socket2::SockRef::from(&listener))?;
+        listener.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+        listener.listen(1)?;
+        let addr = listener
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("no inet address"))?;
+        let _client = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        let (accepted, _) = listener.accept()?;
+        Ok(opts.carried(&socket2::SockRef::from(&accepted)))
+    };
+    probe().unwrap_or_else(|e| {
+        tracing::debug!(error = %e, "socket option inheritance probe failed; setting every option per stream");
+        Inherited::default()
+    })
+}
+
+/// Sets on a new connection the stream options it did not inherit from the listener (nothing
+/// at all when it inherited every one, the usual case).
+pub fn tune_stream(fd: RawFd, opts: StreamOptions, inherited: Inherited) {
+    if inherited.all() {
+        return;
+    }
     with_socket(fd, |s| {
-        let _ = s.set_nodelay(true);
-        let _ = s.set_tcp_keepalive(&ka);
-        let _ = s.set_tcp_user_timeout(Some(user_timeout));
+        if !inherited.nodelay {
+            let _ = s.set_nodelay(true);
+        }
+        if !inherited.keepalive {
+            let _ = s.set_tcp_keepalive(&StreamOptions::keepalive());
+        }
+        if !inherited.user_timeout {
+            let _ = s.set_tcp_user_timeout(Some(opts.user_timeout));
+        }
     });
+}
+
+/// What a non-blocking `recv` found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Recv {
+    /// This many bytes were appended.
+    Got(usize),
+    /// The peer closed (or the socket failed).
+    Closed,
+    /// Nothing there yet.
+    WouldBlock,
+}
+
+/// Appends what the socket already holds to `buf`'s spare capacity (at most `max` bytes) with one
+/// non-blocking `recv(2)`, without the ring: on io_uring a new connection's request is usually
+/// there by the time its accept completes, and reading it directly saves the poll and recv round
+/// trips through the ring. Only for io_uring sockets: the epoll driver tracks readiness itself.
+pub fn try_recv(fd: RawFd, buf: &mut Vec<u8>, max: usize) -> Recv {
+    let spare = buf.spare_capacity_mut();
+    let len = spare.len().min(max);
+    if len == 0 {
+        return Recv::WouldBlock;
+    }
+    // SAFETY: `recv` writes at most `len` bytes into the vector's spare capacity, which is
+    // allocated; `set_len` then covers exactly the bytes it wrote.
+    let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), len, libc::MSG_DONTWAIT) };
+    match n {
+        n if n > 0 => {
+            unsafe { buf.set_len(buf.len() + n as usize) };
+            Recv::Got(n as usize)
+        }
+        0 => Recv::Closed,
+        _ => match io::Error::last_os_error().raw_os_error() {
+            Some(libc::EAGAIN | libc::EINTR) => Recv::WouldBlock,
+            _ => Recv::Closed,
+        },
+    }
+}
+
+/// Sends as much of `bytes` as the socket takes now with one non-blocking `send(2)` (no
+/// SIGPIPE); returns how many went. A response head fits an empty send buffer, so a new stream's
+/// head normally leaves here without a ring round trip; the caller writes any rest through the
+/// runtime.
+pub fn try_send(fd: RawFd, bytes: &[u8]) -> usize {
+    // SAFETY: `send` reads at most `bytes.len()` bytes from a live slice.
+    let n = unsafe {
+        libc::send(
+            fd,
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    n.max(0) as usize
 }
 
 /// Makes the socket's close send RST and drop unsent data, then shuts it down both ways. A write
@@ -140,15 +305,40 @@ pub fn kernel_release() -> String {
 mod tests {
     use super::*;
 
+    const OPTS: StreamOptions = StreamOptions {
+        user_timeout: Duration::from_secs(17),
+    };
+
     #[test]
     fn listeners_share_one_port_and_refuse_a_taken_one() {
-        let ls = bind_listeners("127.0.0.1:0".parse().unwrap(), 3, 128).unwrap();
+        let ls = bind_listeners("127.0.0.1:0".parse().unwrap(), 3, 128, OPTS).unwrap();
         let port = ls[0].local_addr().unwrap().port();
         assert!(ls.iter().all(|l| l.local_addr().unwrap().port() == port));
         // a second server on the same port must fail, even though ours use SO_REUSEPORT
         let taken: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let err = bind_listeners(taken, 1, 128).unwrap_err();
+        let err = bind_listeners(taken, 1, 128, OPTS).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
         assert!(err.to_string().contains("already in use"), "{err}");
+    }
+
+    /// On Linux an accepted socket carries the listener's options; whatever the probe says,
+    /// a connection accepted from our listeners and then tuned ends up with all of them.
+    #[test]
+    fn accepted_streams_end_up_with_every_option() {
+        let inherited = probe_inherited(OPTS);
+        let ls = bind_listeners("127.0.0.1:0".parse().unwrap(), 1, 16, OPTS).unwrap();
+        ls[0].set_nonblocking(false).unwrap();
+        let _client = std::net::TcpStream::connect(ls[0].local_addr().unwrap()).unwrap();
+        let (accepted, _) = ls[0].accept().unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&accepted);
+        tune_stream(fd, OPTS, inherited);
+        let carried = OPTS.carried(&socket2::SockRef::from(&accepted));
+        assert!(
+            carried.all(),
+            "after tuning: {carried:?} (probe said {inherited:?})"
+        );
+        // And a plain socket has none of them, so the check above can fail.
+        let plain = std::net::TcpStream::connect(ls[0].local_addr().unwrap()).unwrap();
+        assert!(!OPTS.carried(&socket2::SockRef::from(&plain)).all());
     }
 }

@@ -72,10 +72,12 @@ impl Server {
             None => capacity,
         };
         cfg.max_streams = Some(max_streams);
+        cfg.inherited = net::probe_inherited(cfg.stream_options());
         let cfg = Arc::new(cfg);
 
-        let listeners = net::bind_listeners(cfg.listen, cfg.workers, cfg.backlog)
-            .map_err(|e| format!("--listen {}: {e}", cfg.listen))?;
+        let listeners =
+            net::bind_listeners(cfg.listen, cfg.workers, cfg.backlog, cfg.stream_options())
+                .map_err(|e| format!("--listen {}: {e}", cfg.listen))?;
         let addr = listeners[0]
             .local_addr()
             .map_err(|e| format!("cannot read the bound address: {e}"))?;
@@ -277,6 +279,12 @@ impl Server {
                     }
                 }
             }
+        }
+        let inherited = cfg.inherited;
+        if inherited.all() {
+            tracing::info!(%inherited, "socket options set on the listeners and inherited by every accepted stream");
+        } else {
+            tracing::info!(%inherited, "socket options not inherited from the listeners are set on each new stream");
         }
         tracing::info!(
             fd_soft = self.fd_limit.soft,

@@ -255,7 +255,21 @@ pub fn run(spec: Spec) {
             stats.clone(),
         ));
         let walker = Walker::new(streams.clone(), subs.clone(), stats.clone(), &cfg);
-        let accepting = std::pin::pin!(accept_loop(id, listener, core));
+        // Several accepts in flight on io_uring, so a burst of connections is taken in one
+        // ring round trip instead of one round trip each; one on epoll, whose readiness
+        // tracking wakes a single waiter per socket.
+        let depth = match running {
+            Driver::IoUring => ACCEPTS_IN_FLIGHT,
+            Driver::Epoll => 1,
+        };
+        let listener = Rc::new(listener);
+        let warn = Rc::new(AcceptWarn::default());
+        let accepting = std::pin::pin!(futures::future::join_all((0..depth).map(|_| accept_loop(
+            id,
+            listener.clone(),
+            core.clone(),
+            warn.clone()
+        ))));
         let walking = std::pin::pin!(walker.run(inbox, replays));
         let serving = select(accepting, walking);
         // Shutdown drops the accept loop, the listener and every in-flight write with it.
@@ -267,12 +281,25 @@ pub fn run(spec: Spec) {
     });
 }
 
+/// Accept operations each io_uring worker keeps in flight on its listener.
+const ACCEPTS_IN_FLIGHT: usize = 4;
+
+/// Rate limit of the accept-failure warning, shared by a worker's accept loops.
+#[derive(Default)]
+struct AcceptWarn {
+    last: std::cell::Cell<Option<std::time::Instant>>,
+    suppressed: std::cell::Cell<u64>,
+}
+
 /// Accepts forever. Never wrapped in a timeout: monoio 0.2.4 can leak the fd of an accept that is
 /// cancelled as it completes. Resource errors (EMFILE and friends) back off and retry, so a full
 /// fd table degrades service instead of spinning.
-async fn accept_loop(id: usize, listener: monoio::net::TcpListener, core: Rc<Core>) {
-    let mut last_warn: Option<std::time::Instant> = None;
-    let mut suppressed = 0u64;
+async fn accept_loop(
+    id: usize,
+    listener: Rc<monoio::net::TcpListener>,
+    core: Rc<Core>,
+    warn: Rc<AcceptWarn>,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, _peer)) => {
@@ -284,19 +311,23 @@ async fn accept_loop(id: usize, listener: monoio::net::TcpListener, core: Rc<Cor
                     e.raw_os_error(),
                     Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
                 );
-                if last_warn.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                if warn
+                    .last
+                    .get()
+                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+                {
                     tracing::warn!(
                         worker = id,
                         error = %e,
-                        suppressed,
+                        suppressed = warn.suppressed.get(),
                         streams = core.cap.open(),
                         "accept failed{}",
                         if resource { "; backing off (raise `ulimit -n` or lower --max-streams)" } else { "" }
                     );
-                    last_warn = Some(std::time::Instant::now());
-                    suppressed = 0;
+                    warn.last.set(Some(std::time::Instant::now()));
+                    warn.suppressed.set(0);
                 } else {
-                    suppressed += 1;
+                    warn.suppressed.set(warn.suppressed.get() + 1);
                 }
                 let pause = match e.raw_os_error() {
                     _ if resource => 50,

@@ -126,6 +126,11 @@ fn metrics_count_what_happened(driver: &str) {
     assert_eq!(v["listen"], server.addr.to_string());
     assert_eq!(v["streams_open"], 4);
     assert!(v["limits"]["max_streams"].as_u64().unwrap() > 0);
+    // Linux hands the listener's TCP options to accepted sockets; the start-up probe found so,
+    // which is why new streams are not tuned one by one.
+    for opt in ["nodelay", "keepalive", "user_timeout"] {
+        assert_eq!(v["socket_options_inherited"][opt], true, "{opt}: {body}");
+    }
     assert!(get(admin, "/nope").starts_with("HTTP/1.1 404 "));
 
     // The public listener knows nothing of the admin paths: they are `ok` there.
@@ -241,4 +246,26 @@ fn a_public_admin_listener_needs_a_publish_token() {
     );
     let s = server.stop_and_summary();
     assert_eq!(s.get("streams_served"), 0);
+}
+
+/// `--probe-uring` reports the ring setup flags `auto` would take and which TCP options
+/// accepted sockets inherit (the kernel matrix reads both from it).
+#[test]
+fn probe_uring_reports_ring_flags_and_inherited_socket_options() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        .arg("--probe-uring")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for opt in ["nodelay", "keepalive", "user_timeout"] {
+        assert_eq!(v["tcp_options_inherited"][opt], true, "{opt}: {v}");
+    }
+    if v["setup"] == "ok" {
+        assert!(v["uring_flags_auto"].is_string(), "{v}");
+        assert!(
+            v["setup_flags"].as_object().is_some_and(|m| !m.is_empty()),
+            "{v}"
+        );
+    }
 }
