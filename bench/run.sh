@@ -5,7 +5,9 @@
 # says which it could not), then for each size N of a ladder runs, side by side in one session
 # because this machine is noisy and only ratios measured together mean anything:
 #   floor  bench/floor   (plain send() per stream per tick: the kernel's own cost per frame)
-#   uring  ringcast --driver uring
+#   uring  ringcast --driver uring (ring setup flags: auto, the best the kernel takes)
+#   uring-defer, uring-coop, uring-none   ringcast --driver uring --uring-flags defer|coop|none
+#          (opt-in through --servers: one ring setup flag set each, for the flags comparison)
 #   epoll  ringcast --driver epoll
 #   axum   bench/axum-sse (tokio + axum Sse + broadcast channel)
 #   nchan  nginx + nchan (bench/nchan), when installed
@@ -33,14 +35,17 @@
 #   --no-readme            do not regenerate DIR/README.md
 #   --scenario NAME        another scenario instead of the ladder, with its own options after it:
 #                          `publish` (bench/publish.sh: published events vs nchan, intake, flood),
-#                          `cluster` (bench/cluster.sh: two nodes through Redis vs one, failover)
+#                          `cluster` (bench/cluster.sh: two nodes through Redis vs one, failover),
+#                          `fastpath` (bench/fastpath.sh: ring flags, memory, connect, ok path in
+#                          interleaved rounds)
 set -euo pipefail
 
 if [ "${1:-}" = --scenario ]; then
     case ${2:-} in
         publish) shift 2; exec "$(dirname "$0")/publish.sh" "$@" ;;
         cluster) shift 2; exec "$(dirname "$0")/cluster.sh" "$@" ;;
-        *) echo "run.sh: unknown scenario ${2:-} (publish, cluster)" >&2; exit 2 ;;
+        fastpath) shift 2; exec "$(dirname "$0")/fastpath.sh" "$@" ;;
+        *) echo "run.sh: unknown scenario ${2:-} (publish, cluster, fastpath)" >&2; exit 2 ;;
     esac
 fi
 
@@ -193,7 +198,7 @@ for s in $servers; do
     case $s in
         nchan) if [ $have_nchan = 1 ]; then run_list+=(nchan); else
                    echo "nchan: not installed (apt-get install -y nginx-light libnginx-mod-nchan); skipped"; fi ;;
-        floor|uring|epoll|axum) run_list+=("$s") ;;
+        floor|uring|uring-defer|uring-coop|uring-none|epoll|axum) run_list+=("$s") ;;
         *) echo "run.sh: unknown server $s" >&2; exit 2 ;;
     esac
 done
@@ -208,11 +213,14 @@ start_server() {
     server_log=$work/server-$label-$port.log
     server_info=()
     case $label in
-        uring|epoll)
-            # The admin listener only answers /info (the loadgen stores it via --server-info).
+        uring|epoll|uring-*)
+            # The admin listener only answers /info (the loadgen stores it via --server-info,
+            # which is where the result names the ring flags that ran).
             info_port=$(probe free-port)
             server_info=(--server-info "http://127.0.0.1:$info_port/info")
-            server_cmd="$bin/ringcast --listen 127.0.0.1:$port --interval $interval --driver $label --admin-listen 127.0.0.1:$info_port" ;;
+            local driver=${label%%-*} flags=auto
+            [ "$label" != "${label#uring-}" ] && flags=${label#uring-}
+            server_cmd="$bin/ringcast --listen 127.0.0.1:$port --interval $interval --driver $driver --uring-flags $flags --admin-listen 127.0.0.1:$info_port" ;;
         floor) server_cmd="$bin/ringcast-floor --listen 127.0.0.1:$port --interval $interval --workers $cores" ;;
         axum) server_cmd="$bin/axum-sse --listen 127.0.0.1:$port --interval $interval --workers $cores" ;;
         nchan) server_cmd="$bench/nchan/start.sh $port $interval $cores 127.0.0.1" ;;
@@ -307,7 +315,7 @@ if [ $do_wrk = 1 ]; then
     if ! command -v wrk >/dev/null; then
         echo "wrk: not installed (apt-get install -y wrk); ok-path throughput skipped"
     else
-        for label in uring epoll axum nchan; do
+        for label in uring uring-defer uring-coop uring-none epoll axum nchan; do
             case " ${run_list[*]} " in *" $label "*) ;; *) continue ;; esac
             say "ok path: wrk -t1 -c$wrk_conns -d$wrk_duration against $label"
             start_server "$label" || { failed_runs+=("wrk-$label (server did not start)"); continue; }
