@@ -10,6 +10,7 @@ use ringcast::{Args, Config, Server};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 fn main() -> ExitCode {
+    ringcast::net::disable_huge_pages();
     let args = Args::parse();
     if args.probe_uring {
         let mut facts = ringcast::uring_facts::probe();
