@@ -104,7 +104,11 @@ def server_workers(log):
     for line in (log or "").splitlines():
         m = re.search(r"\bworker=(\d+)\b.*?\bcore=(\S+).*?\bdriver=(\S+)", line)
         if m and "worker" in line:
-            workers.append({"worker": int(m.group(1)), "core": m.group(2), "driver": m.group(3)})
+            w = {"worker": int(m.group(1)), "core": m.group(2), "driver": m.group(3)}
+            f = re.search(r"\buring_flags=(\S+)", line)
+            if f:
+                w["uring_flags"] = f.group(1)
+            workers.append(w)
             if " WARN " in line:
                 fallback.append(line.split(" WARN ", 1)[1].strip())
     drivers = sorted({w["driver"] for w in workers})
@@ -217,6 +221,27 @@ def cell_facts(f):
     return setup, f"{on}/{len(feats)}", ops_cell
 
 
+def cell_flags(d):
+    """Ring setup flags: what the probe says `auto` takes, and what the server's workers ran."""
+    f = d.get("uring_facts") or {}
+    auto = f.get("uring_flags_auto") or ("-" if f.get("setup") == "ok" else "n/a")
+    if "setup_flags" not in f:
+        auto = "-"  # a probe from before the flag chain
+    _, workers, _ = server_workers(d.get("server_log"))
+    ran = sorted({w["uring_flags"] for w in workers if w.get("driver") == "io_uring" and w.get("uring_flags")})
+    ran_cell = ", ".join(ran) if ran else "-"
+    return f"{auto} → {ran_cell}"
+
+
+def cell_inherited(d):
+    """Which TCP options accepted sockets inherit from the listener (the probe's check)."""
+    t = (d.get("uring_facts") or {}).get("tcp_options_inherited")
+    if not isinstance(t, dict):
+        return "-"
+    got = [k for k in ("nodelay", "keepalive", "user_timeout") if t.get(k)]
+    return "all" if len(got) == 3 else (", ".join(got) or "none")
+
+
 def table(results_dir, out):
     docs = []
     for p in glob.glob(os.path.join(results_dir, "**", "*.json"), recursive=True):
@@ -252,8 +277,8 @@ def table(results_dir, out):
             "",
             f"## {n} streams, {virt}: interval {interval}, hold {hold}, ramp {rate}/s",
             "",
-            "| kernel | virt | io_uring setup | FEAT flags | opcodes | driver asked → ran | streams held / asked | events | missed ids | failures | delivery p99 (ms) | result |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| kernel | virt | io_uring setup | FEAT flags | opcodes | driver asked → ran | ring flags: auto → ran | TCP options inherited | streams held / asked | events | missed ids | failures | delivery p99 (ms) | result |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for d in rows:
             setup, feats, ops = cell_facts(d.get("uring_facts"))
@@ -286,7 +311,9 @@ def table(results_dir, out):
             p99 = ((r.get("percentiles") or {}).get("delivery") or {}).get("p99")
             ran = d.get("server_driver") or "none"
             lines.append(
-                "| {k} | {v} | {s} | {f} | {o} | {a} → {ran} | {h} / {n} | {e} | {m} | {fl} | {p} | [json]({path}) |".format(
+                "| {k} | {v} | {s} | {f} | {o} | {a} → {ran} | {rf} | {ti} | {h} / {n} | {e} | {m} | {fl} | {p} | [json]({path}) |".format(
+                    rf=cell_flags(d),
+                    ti=cell_inherited(d),
                     k=d.get("kernel_release"),
                     v=d.get("virt"),
                     s=setup,
@@ -309,7 +336,12 @@ def table(results_dir, out):
         "knows; *opcodes* is how many opcodes `IORING_REGISTER_PROBE` lists, with the newest of a",
         "few landmark opcodes (PROVIDE_BUFFERS 5.7, MSG_RING 5.18, SEND_ZC 6.0, READ_MULTISHOT 6.7,",
         "BIND 6.11, RECV_ZC/EPOLL_WAIT 6.15) and the first ones it lacks; *driver ran* is what the",
-        "server's banner said every worker runs; *streams held* is the loadgen's open streams at the",
+        "server's banner said every worker runs; *ring flags* is the io_uring setup flag set the probe",
+        "found `--uring-flags auto` takes (SINGLE_ISSUER|DEFER_TASKRUN from 6.1, COOP_TASKRUN|",
+        "TASKRUN_FLAG from 5.19, none before) and what the io_uring workers' banner said they ran",
+        "(\"-\": a result from before the flag chain); *TCP options inherited* is the probe's check",
+        "that a socket accepted from a listener carrying TCP_NODELAY, keepalive and TCP_USER_TIMEOUT",
+        "has them too (the server then sets none per stream); *streams held* is the loadgen's open streams at the",
         "end of the hold; *events* counts every event received, the ramp's included, so it depends",
         "on where the ramp fell on the wall-clock tick grid (compare *missed ids* and *streams held*,",
         "not events); *failures* is failed connection attempts (plus streams that ended or",
