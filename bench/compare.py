@@ -585,6 +585,7 @@ SCENARIOS = {
     "publish": "published events: ringcast against nginx+nchan, publish intake, history under a flood",
     "cluster": "several nodes through Redis Streams, failover",
     "collect": "returning freed heap pages after every tick walk or less often",
+    "storm": "reconnect storm: every stream dropped at once, time until all receive ticks again",
 }
 
 

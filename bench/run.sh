@@ -33,14 +33,17 @@
 #   --no-readme            do not regenerate DIR/README.md
 #   --scenario NAME        another scenario instead of the ladder, with its own options after it:
 #                          `publish` (bench/publish.sh: published events vs nchan, intake, flood),
-#                          `cluster` (bench/cluster.sh: two nodes through Redis vs one, failover)
+#                          `cluster` (bench/cluster.sh: two nodes through Redis vs one, failover),
+#                          `storm` (bench/storm.sh: every stream dropped at once and reconnecting,
+#                          time until all receive ticks again: ringcast uring/epoll, nchan, axum)
 set -euo pipefail
 
 if [ "${1:-}" = --scenario ]; then
     case ${2:-} in
         publish) shift 2; exec "$(dirname "$0")/publish.sh" "$@" ;;
         cluster) shift 2; exec "$(dirname "$0")/cluster.sh" "$@" ;;
-        *) echo "run.sh: unknown scenario ${2:-} (publish, cluster)" >&2; exit 2 ;;
+        storm) shift 2; exec "$(dirname "$0")/storm.sh" "$@" ;;
+        *) echo "run.sh: unknown scenario ${2:-} (publish, cluster, storm)" >&2; exit 2 ;;
     esac
 fi
 
