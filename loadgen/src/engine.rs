@@ -16,7 +16,7 @@
 //! done and every live connection has the newest id of its channel, or `drain` runs out.
 //!
 //! A reconnect storm (`--storm-at`) also uses the slots: at the storm instant a task on each
-//! core shuts down every open stream of the core in one pass (the cores wake at the same
+//! core shuts down every open stream of the core in one pass (every core sleeps until the same
 //! instant), marking each slot with its drop time; the connection reopens at once (or at
 //! `storm + k / --storm-rate`), its response head and its first event after that are timed
 //! from the drop (`storm_reconnect`, `storm_recovery`), and the core keeps the latest of
