@@ -19,7 +19,12 @@
 #   its new response head (not quantized) is reported beside it;
 # - the loadgen closes first, so each old connection sits in TIME_WAIT on its side while the new
 #   one is open: the source addresses (--source-addrs 127.0.0.2-...) are sized for 2N ports, and
-#   every failed reconnection attempt is counted by kind, not hidden.
+#   every failed reconnection attempt is counted by kind, not hidden;
+# - the servers run under the same open-files limit as in the other scenarios (in the host
+#   facts): a server that notices the closed streams late briefly needs up to 2N descriptors, and
+#   a reconnection it answers with a non-200 status (ringcast's 503 over --max-streams, which
+#   defaults to what the limit allows) fails that stream for good, as EventSource does: it shows
+#   as not back, and the headline as never.
 # Results: RESULTS/<kernel>/<date>-<host>-storm-<label>-r<round>.json (the loadgen's result) and
 # .bench.json (this script's sidecar: how it was run, server driver, host facts, server log head),
 # then bench/storm_summary.py writes RESULTS/<kernel>/<date>-<host>-storm-summary.json and

@@ -189,7 +189,9 @@ def markdown(s, outdir):
         "not. nginx+nchan replays the messages after a Last-Event-ID from its buffer, ringcast and "
         "axum-sse do not replay ticks: a stream reconnected after a tick waits for the next one there. "
         "The listen backlogs differ too: 4,096 per worker listener for ringcast and nginx, tokio's "
-        "default of 128 on axum-sse's one listener (bench/README.md, storm.sh).",
+        "default of 128 on axum-sse's one listener (bench/README.md, storm.sh). A reconnection "
+        "answered with a non-200 status (`bad_status`, e.g. ringcast's 503 over --max-streams) "
+        "fails that stream for good, as EventSource does: it is not back.",
         "",
         "| round | server | driver | dropped | all back | all reconnected | recovery p50 / p99 | failed reconnects | not back |",
         "|---|---|---|---|---|---|---|---|---|",
