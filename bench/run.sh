@@ -37,7 +37,9 @@
 #                          `publish` (bench/publish.sh: published events vs nchan, intake, flood),
 #                          `cluster` (bench/cluster.sh: two nodes through Redis vs one, failover),
 #                          `fastpath` (bench/fastpath.sh: ring flags, memory, connect, ok path in
-#                          interleaved rounds)
+#                          interleaved rounds),
+#                          `storm` (bench/storm.sh: every stream dropped at once and reconnecting,
+#                          time until all receive ticks again: ringcast uring/epoll, nchan, axum)
 set -euo pipefail
 
 if [ "${1:-}" = --scenario ]; then
@@ -45,7 +47,8 @@ if [ "${1:-}" = --scenario ]; then
         publish) shift 2; exec "$(dirname "$0")/publish.sh" "$@" ;;
         cluster) shift 2; exec "$(dirname "$0")/cluster.sh" "$@" ;;
         fastpath) shift 2; exec "$(dirname "$0")/fastpath.sh" "$@" ;;
-        *) echo "run.sh: unknown scenario ${2:-} (publish, cluster, fastpath)" >&2; exit 2 ;;
+        storm) shift 2; exec "$(dirname "$0")/storm.sh" "$@" ;;
+        *) echo "run.sh: unknown scenario ${2:-} (publish, cluster, fastpath, storm)" >&2; exit 2 ;;
     esac
 fi
 

@@ -152,6 +152,18 @@ pub struct RunArgs {
     #[arg(long, value_name = "D", value_parser = parse_duration)]
     #[serde(with = "option_duration_ms")]
     pub reconnect_every: Option<Duration>,
+    /// Reconnect storm: at D after the end of the ramp, moved on to the next midpoint between
+    /// two ticks (wall-clock multiples of --interval), every open stream is closed at once on
+    /// every thread and reopened at once with Last-Event-ID; the time from each drop to the
+    /// first event after it (`storm_recovery`) and until the last stream is back are reported.
+    /// The hold must leave at least 3 intervals after the storm.
+    #[arg(long, value_name = "D", value_parser = parse_duration, conflicts_with = "reconnect_every")]
+    #[serde(with = "option_duration_ms")]
+    pub storm_at: Option<Duration>,
+    /// Reconnect storm: reopen the dropped streams at most this many per second in total
+    /// (connection k at storm + k / R) instead of all at once.
+    #[arg(long, value_name = "R", requires = "storm_at")]
+    pub storm_rate: Option<f64>,
     /// Publish mode: after the hold, wait at most this long for the last events (less when
     /// every connection has them).
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
@@ -258,6 +270,38 @@ pub mod duration_ms {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn storm_flags_and_their_errors_name_the_flag() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--url",
+            "http://127.0.0.1:1/",
+            "--storm-at",
+            "5s",
+            "--storm-rate",
+            "2000",
+        ])
+        .unwrap();
+        assert_eq!(cli.run.storm_at, Some(Duration::from_secs(5)));
+        assert_eq!(cli.run.storm_rate, Some(2000.0));
+        let config = serde_json::to_value(&cli.run).unwrap();
+        assert_eq!(config["storm_at"], 5000.0);
+        assert_eq!(config["storm_rate"], 2000.0);
+        let plain = Cli::try_parse_from(["x", "--url", "http://127.0.0.1:1/"]).unwrap();
+        assert_eq!(plain.run.storm_at, None);
+        assert!(serde_json::to_value(&plain.run).unwrap()["storm_at"].is_null());
+        let err = |args: &[&str]| Cli::try_parse_from(args).unwrap_err().to_string();
+        let e = err(&["x", "--storm-rate", "10"]);
+        assert!(e.contains("--storm-at"), "{e}");
+        let e = err(&["x", "--storm-at", "soon"]);
+        assert!(e.contains("--storm-at"), "{e}");
+        let e = err(&["x", "--storm-at", "1s", "--reconnect-every", "1s"]);
+        assert!(
+            e.contains("--storm-at") && e.contains("--reconnect-every"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn source_addr_ranges_and_lists() {

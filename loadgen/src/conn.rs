@@ -21,6 +21,11 @@
 //! accounting, go with it. The time from the break to the head on the other URL is the
 //! `failover` histogram. A first attempt that fails is not moved (nor retried): the
 //! initial spread is the plan, and a server that is not up should show as failures.
+//!
+//! A reconnect storm (`--storm-at`) closes the stream from the core's storm task; this task
+//! reopens it at once (or at its `--storm-rate` turn) with `Last-Event-ID`, like
+//! `--reconnect-every`, and notes the new response head and the first event after it in the
+//! connection's slot (`StormState`), timed from the drop.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -33,7 +38,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use crate::channels::{Channels, EventId, Tally, RESET_EVENT};
-use crate::engine::Core;
+use crate::engine::{Core, StormState};
 use crate::http::{self, Framing, HeadError, Target};
 use crate::metrics::{record, FailureKind, Recorder};
 use crate::parser::{Dispatch, Event, Parser};
@@ -109,6 +114,25 @@ pub async fn run(core: Rc<Core>, k: usize) {
             tried = 0;
             continue;
         }
+        let storm =
+            slot.is_some_and(|j| std::mem::take(&mut core.slots.borrow_mut()[j].storm_reopen));
+        if storm {
+            // The storm closed it: reopen at once (or at this connection's turn under
+            // --storm-rate), as a page whose connection dropped would.
+            core.rec.borrow_mut().counters.reconnects += 1;
+            tried = 0;
+            if let Some(storm) = plan.storm.filter(|s| s.rate.is_some()) {
+                // Boxed: a rare wait should not grow every connection's resident future.
+                Box::pin(monoio::time::sleep_until(monoio::time::Instant::from_std(
+                    storm.reopen_of(k),
+                )))
+                .await;
+                if core.stopping.get() {
+                    break;
+                }
+            }
+            continue;
+        }
         match end {
             AttemptEnd::Stopped => break,
             AttemptEnd::StreamEnded => {
@@ -116,7 +140,12 @@ pub async fn run(core: Rc<Core>, k: usize) {
                 tried = 0;
             }
             AttemptEnd::Failed(kind, message) => {
-                core.rec.borrow_mut().counters.fail(kind, message);
+                let mut rec = core.rec.borrow_mut();
+                rec.counters.fail(kind, message);
+                if slot.is_some_and(|j| core.slots.borrow()[j].storm != StormState::Untouched) {
+                    *rec.counters.storm_failed.entry(kind).or_default() += 1;
+                }
+                drop(rec);
                 if kind.is_final() || !conn.ever_open {
                     break;
                 }
@@ -349,6 +378,16 @@ async fn handshake<'a>(
                     .failover(&urls[from as usize].url, &urls[conn.at as usize].url);
             }
         }
+        if let (Some(j), Some(storm)) = (conn.slot, plan.storm) {
+            let slot = &mut core.slots.borrow_mut()[j];
+            if let StormState::Dropped(at) = slot.storm {
+                slot.storm = StormState::Reopened(at);
+                record(&mut rec.histograms.storm_reconnect, micros(at.elapsed()));
+                rec.counters.storm_reconnected += 1;
+                let after = storm.after(Instant::now());
+                rec.storm.last_reconnect_us = rec.storm.last_reconnect_us.max(Some(after));
+            }
+        }
         let c = &mut rec.counters;
         c.opened += 1;
         c.open += 1;
@@ -396,6 +435,7 @@ fn feed(core: &Core, conn: &mut Conn, st: &mut StreamState, bytes: &[u8]) -> boo
         ..
     } = conn;
     let first_event_pending = &mut st.first_event_pending;
+    let events_before = rec.counters.events;
     let started = st.started;
     let channels = plan.channels.as_deref();
     let mut slots = slot.map(|_| core.slots.borrow_mut());
@@ -447,6 +487,17 @@ fn feed(core: &Core, conn: &mut Conn, st: &mut StreamState, bytes: &[u8]) -> boo
             }
         })
     });
+    if let (Some(slots), Some(j), Some(storm)) = (&mut slots, *slot, plan.storm) {
+        // The first event after the storm's drop: this stream is back.
+        if let StormState::Reopened(at) = slots[j].storm {
+            if rec.counters.events > events_before {
+                slots[j].storm = StormState::Untouched;
+                record(&mut rec.histograms.storm_recovery, micros(now - at));
+                rec.counters.storm_recovered += 1;
+                rec.storm.last_back_us = rec.storm.last_back_us.max(Some(storm.after(now)));
+            }
+        }
+    }
     // A body error or an over-long line ends the stream like a network error would.
     result.unwrap_or(true)
 }
@@ -654,6 +705,10 @@ mod tests {
             timestamp_in_data: false,
             reconnect_every: Some(std::time::Duration::from_secs(1)),
             drain: std::time::Duration::from_secs(2),
+            storm: Some(crate::engine::StormPlan {
+                at: std::time::Instant::now(),
+                rate: Some(10.0),
+            }),
         });
         let core = std::rc::Rc::new(crate::engine::Core {
             plan,

@@ -14,6 +14,13 @@
 //! schedule (connection k at `ramp_end + (n + (k+1)/N) x every`, so reconnections are
 //! spread evenly), and after the hold a drain: the core waits until the publishers are
 //! done and every live connection has the newest id of its channel, or `drain` runs out.
+//!
+//! A reconnect storm (`--storm-at`) also uses the slots: at the storm instant a task on each
+//! core shuts down every open stream of the core in one pass (every core sleeps until the same
+//! instant), marking each slot with its drop time; the connection reopens at once (or at
+//! `storm + k / --storm-rate`), its response head and its first event after that are timed
+//! from the drop (`storm_reconnect`, `storm_recovery`), and the core keeps the latest of
+//! each moment after the storm instant (`StormSpan`) for the "all streams back" figure.
 
 use std::cell::{Cell, RefCell};
 use std::net::IpAddr;
@@ -35,6 +42,47 @@ use crate::cli::Driver;
 use crate::conn;
 use crate::http::Target;
 use crate::metrics::{new_histogram, Counters, Recorder};
+
+/// When the reconnect storm comes and how fast the dropped streams reopen.
+#[derive(Debug, Clone, Copy)]
+pub struct StormPlan {
+    pub at: Instant,
+    /// Reopenings per second over all cores (connection k at `at + k / rate`); None: at once.
+    pub rate: Option<f64>,
+}
+
+impl StormPlan {
+    /// When connection `k`, dropped by the storm, may reopen.
+    pub fn reopen_of(&self, k: usize) -> Instant {
+        match self.rate {
+            Some(rate) => self.at + Duration::from_secs_f64(k as f64 / rate),
+            None => self.at,
+        }
+    }
+
+    /// Microseconds from the storm instant to `t` (0 before it).
+    pub fn after(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.at).as_micros()).unwrap_or(u64::MAX)
+    }
+}
+
+/// The storm instant for a nominal one: the first midpoint between two ticks at or after it,
+/// ticks falling on wall-clock multiples of the interval. Every run then drops its streams
+/// at the same phase of the tick cycle (half an interval after a tick, its fan-out done), so
+/// the recovery times of different runs and servers compare. `wall_now_us` is the wall clock
+/// at `now`.
+pub fn align_storm(nominal: Instant, now: Instant, wall_now_us: u64, interval_us: u64) -> Instant {
+    let interval_us = interval_us.max(1);
+    let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    let wall = match nominal.checked_duration_since(now) {
+        Some(ahead) => wall_now_us.saturating_add(us(ahead)),
+        None => wall_now_us.saturating_sub(us(now - nominal)),
+    };
+    let phase = wall % interval_us;
+    let mid = interval_us / 2;
+    let shift = (mid + interval_us - phase) % interval_us;
+    nominal + Duration::from_micros(shift)
+}
 
 /// Everything the cores need to know, fixed before they start.
 #[derive(Debug)]
@@ -62,6 +110,8 @@ pub struct Plan {
     pub reconnect_every: Option<Duration>,
     /// Publish mode: after the hold, the longest wait for the last events.
     pub drain: Duration,
+    /// The reconnect storm, when one is planned (inside the hold).
+    pub storm: Option<StormPlan>,
 }
 
 /// How long a core waits for its connections to wind down after the end.
@@ -87,7 +137,7 @@ impl Plan {
 
     /// Whether connections keep a slot (publish mode or scheduled reconnections).
     pub fn uses_slots(&self) -> bool {
-        self.channels.is_some() || self.reconnect_every.is_some()
+        self.channels.is_some() || self.reconnect_every.is_some() || self.storm.is_some()
     }
 
     /// When connection `k` is due to start.
@@ -181,6 +231,22 @@ pub struct Slot {
     pub reconnect_requested: bool,
     /// The connection's task runs.
     pub alive: bool,
+    /// The storm closed the stream: reopen at once (or at the storm rate's turn).
+    pub storm_reopen: bool,
+    /// Where the stream is in its storm recovery.
+    pub storm: StormState,
+}
+
+/// A connection's way back from the reconnect storm.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum StormState {
+    /// Not dropped by the storm, or back.
+    #[default]
+    Untouched,
+    /// Dropped at this instant; no new response head yet.
+    Dropped(Instant),
+    /// Dropped at this instant; the new stream is open, no event on it yet.
+    Reopened(Instant),
 }
 
 /// One core's state, shared by its tasks (single-threaded).
@@ -333,6 +399,9 @@ async fn run_core(
     if let Some(every) = plan.reconnect_every {
         monoio::spawn(reconnect_on_schedule(core.clone(), index, every));
     }
+    if let Some(storm) = plan.storm {
+        monoio::spawn(storm_at(core.clone(), storm));
+    }
     {
         let (core, live) = (core.clone(), live.clone());
         monoio::spawn(async move {
@@ -458,6 +527,36 @@ async fn reconnect_on_schedule(core: Rc<Core>, index: usize, every: Duration) {
     }
 }
 
+/// `--storm-at`: at the storm instant, shuts down every open stream of the core in one pass
+/// (each connection then reopens with Last-Event-ID, see `conn::run`). Connections whose
+/// stream is not open then (connecting, or waiting to reconnect) are counted, not dropped.
+async fn storm_at(core: Rc<Core>, storm: StormPlan) {
+    sleep_until(storm.at).await;
+    if core.stopping.get() {
+        return;
+    }
+    let mut slots = core.slots.borrow_mut();
+    let mut rec = core.rec.borrow_mut();
+    let mut last = None;
+    for slot in slots.iter_mut().filter(|s| s.alive) {
+        let Some(fd) = slot.fd else {
+            rec.counters.storm_not_open += 1;
+            continue;
+        };
+        let now = Instant::now();
+        slot.storm = StormState::Dropped(now);
+        slot.storm_reopen = true;
+        // SAFETY: the fd belongs to the connection's open stream; the slot forgets it before
+        // the stream is dropped.
+        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        rec.counters.storm_dropped += 1;
+        last = Some(now);
+    }
+    if let Some(last) = last {
+        rec.storm.last_drop_us = rec.storm.last_drop_us.max(Some(storm.after(last)));
+    }
+}
+
 fn publish(live: &Live, index: usize, core: &Core) {
     let rec = core.rec.borrow();
     live.publish(
@@ -471,4 +570,43 @@ fn publish(live: &Live, index: usize, core: &Core) {
             },
         },
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_storm_falls_midway_between_two_ticks() {
+        let now = Instant::now();
+        let interval = 2_000_000;
+        // wall clock 10.3 s at `now`; nominal storm 1 s later (11.3 s): next midpoint is 13 s
+        let at = align_storm(now + Duration::from_secs(1), now, 10_300_000, interval);
+        assert_eq!(at - now, Duration::from_micros(2_700_000));
+        // already on a midpoint: not moved
+        let at = align_storm(now + Duration::from_millis(500), now, 10_500_000, interval);
+        assert_eq!(at - now, Duration::from_millis(500));
+        // just after a midpoint: almost a whole interval later
+        let at = align_storm(now, now, 11_000_001, interval);
+        assert_eq!(at - now, Duration::from_micros(1_999_999));
+        // a nominal instant in the past: wall clock 12.5 s at `now`, nominal at 12 s (a
+        // tick): the midpoint after it is 13 s
+        let at = align_storm(now - Duration::from_millis(500), now, 12_500_000, interval);
+        assert_eq!(at - now, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn storm_rate_spreads_the_reopenings() {
+        let at = Instant::now();
+        let all_at_once = StormPlan { at, rate: None };
+        assert_eq!(all_at_once.reopen_of(19_999), at);
+        let paced = StormPlan {
+            at,
+            rate: Some(1000.0),
+        };
+        assert_eq!(paced.reopen_of(0), at);
+        assert_eq!(paced.reopen_of(500), at + Duration::from_millis(500));
+        assert_eq!(paced.after(at + Duration::from_millis(3)), 3_000);
+        assert_eq!(paced.after(at - Duration::from_millis(3)), 0);
+    }
 }

@@ -27,10 +27,10 @@ use clap::Parser as _;
 
 use channels::Channels;
 use cli::{Cli, Command, MergeArgs, RunArgs};
-use engine::{Live, Plan};
+use engine::{Live, Plan, StormPlan};
 use metrics::{Counters, Recorder};
 use publish::PublishPlan;
-use result::{Fanout, PublishSummary, Resources, Run, RunResult, Server};
+use result::{Fanout, PublishSummary, Resources, Run, RunResult, Server, StormSummary};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -133,7 +133,37 @@ fn validate(args: &RunArgs) -> Result<(), String> {
     if args.reconnect_every.is_some_and(|d| d.is_zero()) {
         return Err("--reconnect-every must be positive".into());
     }
+    if let Some(at) = args.storm_at {
+        // The storm moves on to the next midpoint between two ticks (up to one interval),
+        // and the streams need time to come back and show it.
+        let needed = at.saturating_add(args.interval.saturating_mul(STORM_INTERVALS_AFTER + 1));
+        if needed > args.duration {
+            return Err(format!(
+                "--storm-at {} leaves less than {STORM_INTERVALS_AFTER} intervals (--interval {}) of the \
+                 --duration {} hold after the storm (which can move up to one interval later, to \
+                 fall between two ticks): use a --duration of at least {}",
+                humantime::format_duration(at),
+                humantime::format_duration(args.interval),
+                humantime::format_duration(args.duration),
+                humantime::format_duration(needed),
+            ));
+        }
+    }
+    if args.storm_rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+        return Err("--storm-rate must be a positive number".into());
+    }
     Ok(())
+}
+
+/// Tick intervals the hold must leave after the reconnect storm.
+const STORM_INTERVALS_AFTER: u32 = 3;
+
+/// The kernel's ephemeral port range size, when readable.
+fn ephemeral_ports() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut it = text.split_whitespace().map(|v| v.parse::<u64>().ok());
+    let (lo, hi) = (it.next()??, it.next()??);
+    Some(hi.saturating_sub(lo) + 1)
 }
 
 /// The exactness count: every connection's tally against its channel's final list.
@@ -222,6 +252,35 @@ fn run(args: RunArgs) -> Result<(), String> {
     } else {
         Duration::ZERO
     };
+    let storm = args.storm_at.map(|at| {
+        let now = Instant::now();
+        let wall_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        let interval_us = u64::try_from(args.interval.as_micros()).unwrap_or(u64::MAX);
+        StormPlan {
+            at: engine::align_storm(ramp_end + at, now, wall_us, interval_us),
+            rate: args.storm_rate,
+        }
+    });
+    if let Some(s) = &storm {
+        if s.at + args.interval.saturating_mul(STORM_INTERVALS_AFTER) > end {
+            return Err("--storm-at: the storm would come too late in the hold".into());
+        }
+        // The loadgen closes first, so each dropped stream's old port sits in TIME_WAIT
+        // while its new one is open: twice the ports per source address and destination.
+        let sources = args.source_addrs.as_ref().map_or(1, |s| s.0.len()) as u64;
+        if let Some(ports) = ephemeral_ports() {
+            let per_source = (2 * args.connections as u64).div_ceil(sources * targets.len() as u64);
+            if per_source > ports {
+                eprintln!(
+                    "ringcast-loadgen: warning: the storm needs about {per_source} local ports per source \
+                     address and server (open streams plus TIME_WAIT) but the ephemeral range has {ports}: \
+                     give more --source-addrs (e.g. 127.0.0.2-127.0.0.9) or expect failed reconnections"
+                );
+            }
+        }
+    }
     let plan = Arc::new(Plan {
         targets,
         sources: args.source_addrs.clone().map(|s| s.0).unwrap_or_default(),
@@ -242,6 +301,7 @@ fn run(args: RunArgs) -> Result<(), String> {
         timestamp_in_data: args.timestamp_in_data,
         reconnect_every: args.reconnect_every,
         drain,
+        storm,
     });
     let live = Arc::new(Live::new(threads));
     let handles = engine::start(plan.clone(), live.clone())?;
@@ -372,6 +432,27 @@ fn run(args: RunArgs) -> Result<(), String> {
     };
     let mut result = RunResult::new(vec![run], recorder.counters, &recorder.histograms, notes);
     result.fanout = Fanout::of(recorder.ticks);
+    if let Some(s) = &plan.storm {
+        let summary = StormSummary::of(
+            s.at.saturating_duration_since(plan.ramp_end).as_secs_f64() * 1e3,
+            s.rate,
+            &result.counters,
+            &recorder.storm,
+            &recorder.histograms,
+        );
+        if early.is_some_and(|at| at < s.at) {
+            result
+                .notes
+                .push("interrupted before the storm: it never came".into());
+        } else if summary.not_back > 0 {
+            result.notes.push(format!(
+                "{} of the {} streams the storm dropped had not received an event again when the run ended \
+                 (no 'all back' time): see the failures and a longer --duration",
+                summary.not_back, summary.dropped
+            ));
+        }
+        result.storm = Some(summary);
+    }
     print!("{}", report::final_report(&result));
     write_outputs(
         &result,
@@ -379,4 +460,40 @@ fn run(args: RunArgs) -> Result<(), String> {
         args.hgrm.as_deref(),
         args.publish_hgrm.as_deref(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> RunArgs {
+        let mut all = vec!["x", "--url", "http://127.0.0.1:1/"];
+        all.extend_from_slice(extra);
+        Cli::try_parse_from(all).unwrap().run
+    }
+
+    #[test]
+    fn a_storm_needs_three_intervals_of_the_hold_after_it() {
+        // 10 s + 4 x 2 s (up to one interval of alignment, three after) fits a 20 s hold
+        assert!(validate(&args(&["--storm-at", "10s", "--duration", "20s"])).is_ok());
+        let e = validate(&args(&["--storm-at", "13s", "--duration", "20s"])).unwrap_err();
+        assert!(
+            e.contains("--storm-at 13s") && e.contains("--duration"),
+            "{e}"
+        );
+        assert!(e.contains("at least 21s"), "{e}");
+        let e = validate(&args(&["--storm-at", "1s", "--storm-rate", "0"])).unwrap_err();
+        assert!(e.contains("--storm-rate"), "{e}");
+        let e = validate(&args(&["--storm-at", "1s", "--storm-rate", "NaN"])).unwrap_err();
+        assert!(e.contains("--storm-rate"), "{e}");
+        assert!(validate(&args(&[
+            "--storm-at",
+            "0s",
+            "--interval",
+            "100ms",
+            "--duration",
+            "1s"
+        ]))
+        .is_ok());
+    }
 }

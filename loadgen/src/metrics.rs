@@ -171,6 +171,23 @@ pub struct Counters {
     /// ... and by the URL it came back on.
     #[serde(default)]
     pub failovers_to: BTreeMap<String, u64>,
+    /// Reconnect storm (absent from files before version 4): streams `--storm-at` closed ...
+    #[serde(default)]
+    pub storm_dropped: u64,
+    /// ... connections that had no open stream at that instant (connecting, or waiting to
+    /// reconnect), so were not dropped ...
+    #[serde(default)]
+    pub storm_not_open: u64,
+    /// ... of the dropped, those whose new stream got its response head ...
+    #[serde(default)]
+    pub storm_reconnected: u64,
+    /// ... and those that received an event again (back).
+    #[serde(default)]
+    pub storm_recovered: u64,
+    /// Failed attempts of dropped streams before they were back, by kind (they count in
+    /// `failed` too).
+    #[serde(default)]
+    pub storm_failed: BTreeMap<FailureKind, u64>,
 }
 
 impl Counters {
@@ -229,6 +246,13 @@ impl Counters {
         for (k, v) in &o.failovers_to {
             *self.failovers_to.entry(k.clone()).or_default() += v;
         }
+        self.storm_dropped += o.storm_dropped;
+        self.storm_not_open += o.storm_not_open;
+        self.storm_reconnected += o.storm_reconnected;
+        self.storm_recovered += o.storm_recovered;
+        for (k, v) in &o.storm_failed {
+            *self.storm_failed.entry(*k).or_default() += v;
+        }
     }
 
     /// Notes one stream that broke on `from` and came back on `to`.
@@ -266,6 +290,12 @@ pub struct Histograms {
     /// Failover: from the moment a stream broke (end of stream, reset) to the response head
     /// of its replacement on another `--url` (the reconnection delay included).
     pub failover: Histogram<u64>,
+    /// Reconnect storm: from the moment the storm closed a stream to the response head of its
+    /// new stream (failed attempts and their reconnection delays included).
+    pub storm_reconnect: Histogram<u64>,
+    /// Reconnect storm: from the moment the storm closed a stream to the first event received
+    /// on its new stream.
+    pub storm_recovery: Histogram<u64>,
 }
 
 impl Default for Histograms {
@@ -280,12 +310,14 @@ impl Default for Histograms {
             publish_request: new_histogram(),
             publish_send: new_histogram(),
             failover: new_histogram(),
+            storm_reconnect: new_histogram(),
+            storm_recovery: new_histogram(),
         }
     }
 }
 
 impl Histograms {
-    pub const NAMES: [&'static str; 9] = [
+    pub const NAMES: [&'static str; 11] = [
         "connect",
         "headers",
         "first_event",
@@ -295,6 +327,8 @@ impl Histograms {
         "publish_request",
         "publish_send",
         "failover",
+        "storm_reconnect",
+        "storm_recovery",
     ];
 
     pub fn by_name(&self, name: &str) -> Option<&Histogram<u64>> {
@@ -308,6 +342,8 @@ impl Histograms {
             "publish_request" => &self.publish_request,
             "publish_send" => &self.publish_send,
             "failover" => &self.failover,
+            "storm_reconnect" => &self.storm_reconnect,
+            "storm_recovery" => &self.storm_recovery,
             _ => return None,
         })
     }
@@ -323,6 +359,8 @@ impl Histograms {
             "publish_request" => &mut self.publish_request,
             "publish_send" => &mut self.publish_send,
             "failover" => &mut self.failover,
+            "storm_reconnect" => &mut self.storm_reconnect,
+            "storm_recovery" => &mut self.storm_recovery,
             _ => return None,
         })
     }
@@ -350,6 +388,29 @@ pub struct Recorder {
     /// Per tick id (measured events only): when its first and last copies arrived. The
     /// fan-out spread of a tick is last minus first over every stream of every core and host.
     pub ticks: BTreeMap<u64, TickSpan>,
+    /// Reconnect storm: the latest drop, head and first event, after the storm instant.
+    pub storm: StormSpan,
+}
+
+/// The latest moments of a reconnect storm, in µs after the storm instant (None: none yet).
+/// Adding keeps the latest of each, so cores and hosts merge into the whole run's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StormSpan {
+    /// The last stream closed by the storm (how far from "at once" the drop was).
+    pub last_drop_us: Option<u64>,
+    /// The last dropped stream to get its new response head.
+    pub last_reconnect_us: Option<u64>,
+    /// The last dropped stream to receive an event again.
+    pub last_back_us: Option<u64>,
+}
+
+impl StormSpan {
+    pub fn add(&mut self, o: &StormSpan) {
+        let max = |a: Option<u64>, b: Option<u64>| a.max(b);
+        self.last_drop_us = max(self.last_drop_us, o.last_drop_us);
+        self.last_reconnect_us = max(self.last_reconnect_us, o.last_reconnect_us);
+        self.last_back_us = max(self.last_back_us, o.last_back_us);
+    }
 }
 
 /// When the copies of one tick arrived (wall-clock µs since the epoch), and how many.
@@ -373,6 +434,7 @@ impl Recorder {
         self.counters.add(&o.counters);
         self.histograms.add(&o.histograms);
         add_ticks(&mut self.ticks, &o.ticks);
+        self.storm.add(&o.storm);
     }
 }
 
@@ -460,6 +522,50 @@ mod tests {
         for name in Histograms::NAMES {
             assert!(a.histograms.by_name(name).is_some(), "{name}");
         }
+    }
+
+    #[test]
+    fn storm_counters_add_and_spans_keep_the_latest() {
+        let mut a = Recorder::default();
+        let mut b = Recorder::default();
+        a.counters.storm_dropped = 10;
+        a.counters.storm_recovered = 9;
+        *a.counters
+            .storm_failed
+            .entry(FailureKind::Refused)
+            .or_default() += 2;
+        b.counters.storm_dropped = 5;
+        b.counters.storm_recovered = 5;
+        *b.counters
+            .storm_failed
+            .entry(FailureKind::Refused)
+            .or_default() += 1;
+        a.storm = StormSpan {
+            last_drop_us: Some(30),
+            last_reconnect_us: Some(5_000),
+            last_back_us: None,
+        };
+        b.storm = StormSpan {
+            last_drop_us: Some(10),
+            last_reconnect_us: Some(7_000),
+            last_back_us: Some(9_000),
+        };
+        record(&mut b.histograms.storm_recovery, 9_000);
+        a.add(&b);
+        assert_eq!(
+            (a.counters.storm_dropped, a.counters.storm_recovered),
+            (15, 14)
+        );
+        assert_eq!(a.counters.storm_failed[&FailureKind::Refused], 3);
+        assert_eq!(
+            a.storm,
+            StormSpan {
+                last_drop_us: Some(30),
+                last_reconnect_us: Some(7_000),
+                last_back_us: Some(9_000),
+            }
+        );
+        assert_eq!(a.histograms.storm_recovery.len(), 1);
     }
 
     #[test]

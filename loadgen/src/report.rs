@@ -66,6 +66,13 @@ pub fn status_line(
     if c.failovers > 0 {
         let _ = write!(line, "  failovers {}", c.failovers);
     }
+    if c.storm_dropped > 0 {
+        let _ = write!(
+            line,
+            "  storm back {}/{}",
+            c.storm_recovered, c.storm_dropped
+        );
+    }
     line
 }
 
@@ -91,7 +98,9 @@ fn table(out: &mut String, percentiles: &std::collections::BTreeMap<String, Perc
         let Some(p) = percentiles.get(name) else {
             continue;
         };
-        if (name.starts_with("publish_") || name == "failover") && p.count == 0 {
+        let optional =
+            name.starts_with("publish_") || name.starts_with("storm_") || name == "failover";
+        if optional && p.count == 0 {
             continue;
         }
         let _ = writeln!(
@@ -194,8 +203,11 @@ pub fn final_report(r: &RunResult) -> String {
             moves(&c.failovers_to)
         );
     }
-    let f = &r.fanout;
     let ms_of = |v: Option<u64>| v.map_or("n/a".to_string(), |us| format!("{} ms", ms(us)));
+    if let Some(s) = &r.storm {
+        out.push_str(&storm_lines(s));
+    }
+    let f = &r.fanout;
     // Channel streams get no ticks: no fan-out line for them.
     if publish.is_none() || !f.per_tick.is_empty() {
         let _ = writeln!(
@@ -252,6 +264,57 @@ pub fn final_report(r: &RunResult) -> String {
     for note in &r.notes {
         let _ = writeln!(out, "note: {note}");
     }
+    out
+}
+
+/// The reconnect storm's lines of the end report.
+fn storm_lines(s: &crate::result::StormSummary) -> String {
+    let mut out = String::new();
+    let ms_of = |v: Option<u64>| v.map_or("n/a".to_string(), |us| format!("{} ms", ms(us)));
+    let rate = s
+        .rate
+        .map_or("at once".to_string(), |r| format!("at most {r}/s"));
+    let failed: Vec<String> = s
+        .failed
+        .iter()
+        .map(|(k, n)| format!("{} {n}", k.name()))
+        .collect();
+    let failed = if failed.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", failed.join(", "))
+    };
+    let _ = writeln!(
+        out,
+        "storm at {:.3} s into the hold: dropped {} (the last {} after the storm instant; {} not open then), \
+         reopened {rate}: reconnected {}, back {}, not back {}, failed reconnect attempts {}{failed}",
+        s.at_ms / 1e3,
+        s.dropped,
+        ms_of(s.last_drop_after_us),
+        s.not_open,
+        s.reconnected,
+        s.back,
+        s.not_back,
+        s.failed_attempts,
+    );
+    let all_back = match s.all_back_after_us {
+        Some(us) => format!("{} ms", ms(us)),
+        None => format!(
+            "never ({} not back; the last one back after {})",
+            s.not_back,
+            ms_of(s.last_back_after_us)
+        ),
+    };
+    let _ = writeln!(
+        out,
+        "storm: every stream back (an event received) after {all_back}; every stream reconnected after {}; \
+         recovery per stream p50 {} p90 {} p99 {} max {} ms",
+        ms_of(s.all_reconnected_after_us),
+        ms(s.recovery.p50),
+        ms(s.recovery.p90),
+        ms(s.recovery.p99),
+        ms(s.recovery.max),
+    );
     out
 }
 
@@ -453,6 +516,71 @@ mod tests {
             !text.contains("publish") && text.contains("fan-out"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_report_has_the_storm_lines_when_the_run_had_a_storm() {
+        use crate::metrics::{record, FailureKind, StormSpan};
+        use crate::result::{Run, RunResult, Server, StormSummary};
+        let run = Run {
+            environment: Default::default(),
+            config: serde_json::json!({"channels": null}),
+            server: Server::default(),
+            resources: Default::default(),
+            unfinished_connections: 0,
+            publish: None,
+        };
+        let mut counters = Counters {
+            storm_dropped: 100,
+            storm_not_open: 2,
+            storm_reconnected: 100,
+            storm_recovered: 99,
+            ..Counters::default()
+        };
+        counters.storm_failed.insert(FailureKind::Refused, 4);
+        let mut h = Histograms::default();
+        for v in 1..=99 {
+            record(&mut h.storm_recovery, v * 10_000);
+            record(&mut h.storm_reconnect, v * 1_000);
+        }
+        let span = StormSpan {
+            last_drop_us: Some(1_500),
+            last_reconnect_us: Some(99_000),
+            last_back_us: Some(990_000),
+        };
+        let mut r = RunResult::new(vec![run.clone()], counters.clone(), &h, vec![]);
+        r.storm = Some(StormSummary::of(10_500.0, None, &r.counters, &span, &h));
+        let text = final_report(&r);
+        for want in [
+            "storm at 10.500 s into the hold: dropped 100 (the last 1.500 ms after the storm instant; 2 not open then)",
+            "reopened at once: reconnected 100, back 99, not back 1, failed reconnect attempts 4 (refused 4)",
+            "every stream back (an event received) after never (1 not back; the last one back after 990.000 ms)",
+            "every stream reconnected after 99.000 ms",
+        ] {
+            assert!(text.contains(want), "{want:?} in\n{text}");
+        }
+        assert!(
+            text.lines().any(|l| l.starts_with("storm_recovery ")),
+            "{text}"
+        );
+        counters.storm_recovered = 100;
+        let mut r = RunResult::new(vec![run], counters, &h, vec![]);
+        r.storm = Some(StormSummary::of(
+            10_500.0,
+            Some(500.0),
+            &r.counters,
+            &span,
+            &h,
+        ));
+        let text = final_report(&r);
+        assert!(
+            text.contains("every stream back (an event received) after 990.000 ms"),
+            "{text}"
+        );
+        assert!(text.contains("reopened at most 500/s"), "{text}");
+        let plain = RunResult::new(vec![], Counters::default(), &Histograms::default(), vec![]);
+        let text = final_report(&plain);
+        assert!(!text.contains("storm"), "{text}");
     }
 
     #[test]

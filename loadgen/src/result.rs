@@ -13,14 +13,16 @@ use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::{add_ticks, Counters, Histograms, TickSpan};
+use crate::metrics::{add_ticks, Counters, FailureKind, Histograms, StormSpan, TickSpan};
 use crate::probe::{Environment, Sample};
 
 pub const SCHEMA: &str = "ringcast-loadgen/result";
 /// Version 2 added publish mode (histograms `publish_*`, counters, `runs[].publish`);
-/// version 3 added failover (histogram `failover`, counters `failovers*`). Files of older
-/// versions still load (what they lack reads as zero or absent).
-pub const SCHEMA_VERSION: u32 = 3;
+/// version 3 added failover (histogram `failover`, counters `failovers*`); version 4 the
+/// reconnect storm (histograms `storm_reconnect` and `storm_recovery`, counters `storm_*`,
+/// the `storm` section). Files of older versions still load (what they lack reads as zero or
+/// absent).
+pub const SCHEMA_VERSION: u32 = 4;
 pub const OLDEST_SCHEMA_VERSION: u32 = 1;
 
 /// Percentiles of one histogram, in microseconds.
@@ -179,7 +181,92 @@ pub struct RunResult {
     /// Fan-out spread: per tick, first to last arrival over all streams (absent in older files).
     #[serde(default)]
     pub fanout: Fanout,
+    /// The reconnect storm, when the run had one (absent otherwise and in older files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storm: Option<StormSummary>,
     pub notes: Vec<String>,
+}
+
+/// What a reconnect storm (`--storm-at`) did: every stream open at the storm instant was
+/// closed by the loadgen and reopened with Last-Event-ID. Times are µs: `*_after_us` from the
+/// storm instant, the percentiles from each stream's own drop.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StormSummary {
+    /// The storm instant after the end of the ramp (`--storm-at` moved on to the midpoint
+    /// between two ticks), ms; merged: the largest.
+    pub at_ms: f64,
+    /// `--storm-rate`, reopenings per second (None: all at once).
+    pub rate: Option<f64>,
+    /// Streams the storm closed.
+    pub dropped: u64,
+    /// Connections with no open stream at the storm instant (not dropped).
+    pub not_open: u64,
+    /// Dropped streams whose new stream got its response head ...
+    pub reconnected: u64,
+    /// ... and received an event again.
+    pub back: u64,
+    /// Dropped streams not back when the run ended.
+    pub not_back: u64,
+    /// Failed attempts of dropped streams before they were back, in total and by kind.
+    pub failed_attempts: u64,
+    pub failed: BTreeMap<FailureKind, u64>,
+    /// The last stream's drop, after the storm instant (how near "at once" the drop was).
+    pub last_drop_after_us: Option<u64>,
+    /// When the last dropped stream had its new response head (None unless all did; see
+    /// `last_reconnect_after_us`).
+    pub all_reconnected_after_us: Option<u64>,
+    /// The headline: when the last dropped stream received an event again (None unless all
+    /// did; see `last_back_after_us`).
+    pub all_back_after_us: Option<u64>,
+    /// The latest new response head and the latest stream back, whether or not all came back.
+    pub last_reconnect_after_us: Option<u64>,
+    pub last_back_after_us: Option<u64>,
+    /// From each stream's drop to its new response head ...
+    pub reconnect: Percentiles,
+    /// ... and to its first event on it.
+    pub recovery: Percentiles,
+}
+
+impl StormSummary {
+    pub fn of(
+        at_ms: f64,
+        rate: Option<f64>,
+        c: &Counters,
+        span: &StormSpan,
+        h: &Histograms,
+    ) -> StormSummary {
+        StormSummary {
+            at_ms,
+            rate,
+            dropped: c.storm_dropped,
+            not_open: c.storm_not_open,
+            reconnected: c.storm_reconnected,
+            back: c.storm_recovered,
+            not_back: c.storm_dropped.saturating_sub(c.storm_recovered),
+            failed_attempts: c.storm_failed.values().sum(),
+            failed: c.storm_failed.clone(),
+            last_drop_after_us: span.last_drop_us,
+            all_reconnected_after_us: span
+                .last_reconnect_us
+                .filter(|_| c.storm_reconnected >= c.storm_dropped),
+            all_back_after_us: span
+                .last_back_us
+                .filter(|_| c.storm_recovered >= c.storm_dropped),
+            last_reconnect_after_us: span.last_reconnect_us,
+            last_back_after_us: span.last_back_us,
+            reconnect: Percentiles::of(&h.storm_reconnect),
+            recovery: Percentiles::of(&h.storm_recovery),
+        }
+    }
+
+    /// The span back from the summary's own figures (for merging).
+    fn span(&self) -> StormSpan {
+        StormSpan {
+            last_drop_us: self.last_drop_after_us,
+            last_reconnect_us: self.last_reconnect_after_us,
+            last_back_us: self.last_back_after_us,
+        }
+    }
 }
 
 /// How long one tick took to reach every stream: for each tick id received in the measuring
@@ -252,6 +339,7 @@ impl RunResult {
             percentiles: BTreeMap::new(),
             histograms: BTreeMap::new(),
             fanout: Fanout::default(),
+            storm: None,
             notes,
         };
         r.set_histograms(histograms);
@@ -310,7 +398,14 @@ impl RunResult {
         let mut ticks = BTreeMap::new();
         let mut notes = Vec::new();
         let mut intervals = Vec::new();
+        // (at_ms, rate, span) of the parts that had a storm
+        let mut storm: Option<(f64, Option<f64>, StormSpan)> = None;
         for part in parts {
+            if let Some(s) = &part.storm {
+                let (at, rate, mut span) = storm.unwrap_or((s.at_ms, s.rate, StormSpan::default()));
+                span.add(&s.span());
+                storm = Some((at.max(s.at_ms), rate, span));
+            }
             histograms.add(&part.decode_histograms()?);
             add_ticks(&mut ticks, &part.fanout.per_tick);
             counters.add(&part.counters);
@@ -332,6 +427,26 @@ impl RunResult {
                 "merged runs used different --interval values: delivery latencies do not compare"
                     .into(),
             );
+        }
+        if let Some((at_ms, rate, span)) = storm {
+            // Each process timed its storm from its own instant: the latest moments of the
+            // parts are the whole run's only when the processes stormed together.
+            if runs.len() > 1 {
+                notes.push(
+                    "merged storm figures take each process's times from its own storm instant"
+                        .into(),
+                );
+            }
+            let mut merged = RunResult::new(runs, counters, &histograms, notes);
+            merged.fanout = Fanout::of(ticks);
+            merged.storm = Some(StormSummary::of(
+                at_ms,
+                rate,
+                &merged.counters,
+                &span,
+                &histograms,
+            ));
+            return Ok(merged);
         }
         let mut merged = RunResult::new(runs, counters, &histograms, notes);
         merged.fanout = Fanout::of(ticks);
@@ -432,7 +547,7 @@ mod tests {
         assert_eq!(mixed.notes.len(), 1);
 
         let mut text = std::fs::read_to_string(&a).unwrap();
-        text = text.replace("\"schema_version\": 3", "\"schema_version\": 999");
+        text = text.replace("\"schema_version\": 4", "\"schema_version\": 999");
         std::fs::write(&a, text).unwrap();
         assert!(RunResult::load(&a).unwrap_err().contains("schema"));
         std::fs::remove_dir_all(&dir).unwrap();
@@ -521,6 +636,74 @@ mod tests {
         let m = RunResult::merge(vec![old, RunResult::load(&b).unwrap()]).unwrap();
         assert_eq!(m.schema_version, SCHEMA_VERSION);
         assert_eq!(m.counters.publish_missed, 3);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn storm_summaries_merge_and_version_3_files_still_load() {
+        use crate::metrics::StormSpan;
+        let dir = std::env::temp_dir().join(format!("loadgen-storm-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let part =
+            |dropped: u64, back: u64, last_back: Option<u64>, values: std::ops::Range<u64>| {
+                let mut h = Histograms::default();
+                for v in values {
+                    record(&mut h.storm_recovery, v);
+                    record(&mut h.storm_reconnect, v / 2);
+                }
+                let counters = Counters {
+                    storm_dropped: dropped,
+                    storm_reconnected: dropped,
+                    storm_recovered: back,
+                    ..Counters::default()
+                };
+                let mut r = result_with(0..0, 0);
+                let runs = std::mem::take(&mut r.runs);
+                let mut r = RunResult::new(runs, counters, &h, vec![]);
+                let span = StormSpan {
+                    last_drop_us: Some(100),
+                    last_reconnect_us: Some(1_000),
+                    last_back_us: last_back,
+                };
+                r.storm = Some(StormSummary::of(10_000.0, None, &r.counters, &span, &h));
+                r
+            };
+        let a = part(10, 10, Some(2_000_000), 1..11);
+        assert_eq!(a.storm.as_ref().unwrap().all_back_after_us, Some(2_000_000));
+        assert_eq!(a.storm.as_ref().unwrap().recovery.count, 10);
+        let (pa, pb) = (dir.join("a.json"), dir.join("b.json"));
+        a.save(&pa).unwrap();
+        part(5, 4, Some(3_000_000), 11..15).save(&pb).unwrap();
+        let m = RunResult::merge(vec![
+            RunResult::load(&pa).unwrap(),
+            RunResult::load(&pb).unwrap(),
+        ])
+        .unwrap();
+        let s = m.storm.as_ref().unwrap();
+        assert_eq!((s.dropped, s.back, s.not_back), (15, 14, 1));
+        assert_eq!(s.all_back_after_us, None, "one stream never came back");
+        assert_eq!(s.last_back_after_us, Some(3_000_000));
+        assert_eq!(s.all_reconnected_after_us, Some(1_000));
+        assert_eq!(s.recovery.count, 14);
+        // a version 3 file: no storm histograms, counters or section
+        let mut v3: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&pa).unwrap()).unwrap();
+        v3["schema_version"] = 3.into();
+        v3.as_object_mut().unwrap().remove("storm");
+        for name in ["storm_recovery", "storm_reconnect"] {
+            v3["histograms"].as_object_mut().unwrap().remove(name);
+            v3["percentiles"].as_object_mut().unwrap().remove(name);
+        }
+        v3["counters"]
+            .as_object_mut()
+            .unwrap()
+            .retain(|k, _| !k.starts_with("storm"));
+        std::fs::write(&pa, v3.to_string()).unwrap();
+        let old = RunResult::load(&pa).unwrap();
+        assert!(old.storm.is_none());
+        assert_eq!(old.counters.storm_dropped, 0);
+        let plain = RunResult::merge(vec![old]).unwrap();
+        assert!(plain.storm.is_none());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -149,7 +149,7 @@ fn connections_of_a_dead_server_move_to_the_other_and_miss_nothing() {
             .is_some_and(|(ms, seq)| ms.parse::<u64>().is_ok() && seq.parse::<u64>().is_ok())),
         "{resumed:?}"
     );
-    assert_eq!(r["schema_version"], 3);
+    assert_eq!(r["schema_version"], 4);
 }
 
 #[test]

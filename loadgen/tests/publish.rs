@@ -122,7 +122,7 @@ fn exact_delivery(driver: &str) {
             "{name}"
         );
     }
-    assert_eq!(r["schema_version"], 3);
+    assert_eq!(r["schema_version"], 4);
     let publish = &r["runs"][0]["publish"];
     assert_eq!(publish["channels"], 3);
     assert_eq!(publish["publishers"], 2);
