@@ -669,6 +669,18 @@ const FAMILIES: &[Family] = &[
         |s| s.heartbeats_not_needed as f64,
     ),
     (
+        "reclaim_sweeps_total",
+        "counter",
+        "Sweeps for streams whose clients had gone, run when the stream cap or the fd limit was reached.",
+        |s| s.reclaim_sweeps as f64,
+    ),
+    (
+        "streams_reclaimed_total",
+        "counter",
+        "Streams those sweeps removed (also counted in streams_closed_total{reason=\"client_gone\"}).",
+        |s| s.streams_reclaimed as f64,
+    ),
+    (
         "stuck_writes_reaped_total",
         "counter",
         "Streams shut down for skips whose parked write never returned, removed at the next walk.",

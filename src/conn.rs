@@ -25,7 +25,7 @@ use crate::http::{Reject, Responses, Subscription, MAX_HEAD};
 use crate::metrics::WorkerStats;
 use crate::net;
 use crate::session::{Next, Session};
-use crate::streams::{Permit, StreamCap, Streams};
+use crate::streams::{sweep_gone, Permit, StreamCap, Streams};
 use crate::subs::Subs;
 
 /// A connection's read buffer starts this small (an EventSource request is a few hundred bytes)
@@ -47,7 +47,22 @@ pub struct Core {
     pub cap: Arc<StreamCap>,
     pub stats: Arc<WorkerStats>,
     pool: RefCell<Vec<Vec<u8>>>,
+    /// When this core last swept its streams for gone clients, and the gap before the next
+    /// sweep may run (see `reclaim`).
+    swept: std::cell::Cell<Option<Instant>>,
+    sweep_gap: std::cell::Cell<Duration>,
+    /// This core's id among the cap's sweepers.
+    sweeper: usize,
 }
+
+/// The shortest gap between two sweeps of one core for gone clients (a sweep is a `recv` per
+/// idle stream); it doubles after each sweep that found nothing, up to `SWEEP_GAP_MAX`, so a
+/// server that is genuinely full does not sweep over and over.
+const SWEEP_GAP: Duration = Duration::from_millis(20);
+const SWEEP_GAP_MAX: Duration = Duration::from_secs(1);
+/// How long a stream request at the cap waits for a place before it is refused: long enough for
+/// the other cores to sweep their own gone clients in a reconnect storm.
+const PLACE_WAIT: Duration = Duration::from_millis(250);
 
 impl Core {
     pub fn new(
@@ -56,6 +71,7 @@ impl Core {
         subs: Rc<Subs>,
         cap: Arc<StreamCap>,
         stats: Arc<WorkerStats>,
+        sweeper: usize,
     ) -> Self {
         Core {
             responses: Responses::new(&cfg),
@@ -65,7 +81,42 @@ impl Core {
             cap,
             stats,
             pool: RefCell::new(Vec::new()),
+            swept: std::cell::Cell::new(None),
+            sweep_gap: std::cell::Cell::new(SWEEP_GAP),
+            sweeper,
         }
+    }
+
+    /// Frees the places of this core's streams whose clients have gone but have not been
+    /// written to since (a dead stream is otherwise noticed by its second write after the FIN,
+    /// up to two ticks later). Called when a new stream finds the cap reached or an accept finds
+    /// the fd table full, which is what a reconnect storm looks like: every client drops and
+    /// comes back at once, and without this the new connections would be refused while the
+    /// old ones still hold their places. Returns how many streams were removed.
+    pub fn reclaim(&self) -> usize {
+        let now = Instant::now();
+        if self
+            .swept
+            .get()
+            .is_some_and(|t| now - t < self.sweep_gap.get())
+        {
+            return 0;
+        }
+        self.swept.set(Some(now));
+        let n = sweep_gone(
+            &self.streams,
+            &self.subs,
+            &self.stats,
+            "at the stream cap or fd limit",
+        );
+        self.sweep_gap.set(if n > 0 {
+            SWEEP_GAP
+        } else {
+            (self.sweep_gap.get() * 2).min(SWEEP_GAP_MAX)
+        });
+        // The places may be held on other cores, which only sweep their own.
+        self.cap.ask_others_to_sweep(self.sweeper);
+        n
     }
 
     fn take_buffer(&self) -> Vec<u8> {
@@ -93,11 +144,19 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
     let next = requests(&core, &mut stream, &mut session).await;
     core.put_buffer(std::mem::take(&mut session.buf));
     let next = match next {
-        Next::Stream(head, sub) => match core.cap.try_reserve() {
-            // Boxed: the rarer, larger states must not size every connection's task.
-            Some(permit) => return Box::pin(open_stream(&core, stream, head, sub, permit)).await,
-            None => Next::Reject(Reject::Busy),
-        },
+        Next::Stream(head, sub) => {
+            let permit = match core.cap.try_reserve() {
+                Some(p) => Some(p),
+                // Boxed: the rarer, larger states must not size every connection's task.
+                None => Box::pin(wait_for_place(&core)).await,
+            };
+            match permit {
+                Some(permit) => {
+                    return Box::pin(open_stream(&core, stream, head, sub, permit)).await
+                }
+                None => Next::Reject(Reject::Busy),
+            }
+        }
         other => other,
     };
     match next {
@@ -128,6 +187,23 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
             })
             .await;
         }
+    }
+}
+
+/// A place under the cap for a stream request that found it full: clients that went away may
+/// still hold places, on this core (swept here) or on another (swept by that core's own requests
+/// at the cap), so sweep and retry for up to `PLACE_WAIT` before refusing with 503.
+async fn wait_for_place(core: &Core) -> Option<Permit> {
+    let deadline = Instant::now() + PLACE_WAIT;
+    loop {
+        core.reclaim();
+        if let Some(p) = core.cap.try_reserve() {
+            return Some(p);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        monoio::time::sleep(SWEEP_GAP).await;
     }
 }
 

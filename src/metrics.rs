@@ -96,7 +96,9 @@ counters! {
     frames_sent,
     bytes_sent,
     frames_skipped,
-    stuck_writes_reaped;
+    stuck_writes_reaped,
+    reclaim_sweeps,
+    streams_reclaimed;
     max:
     walk_us_max,
 }

@@ -260,6 +260,30 @@ pub fn abort(fd: RawFd) -> bool {
     })
 }
 
+/// Whether the peer of an idle stream has gone: a FIN (or a reset) is waiting on the socket. One
+/// non-blocking `recv(MSG_PEEK)` of a byte, which consumes nothing; a stream whose client is alive
+/// and silent answers EAGAIN.
+pub fn peer_gone(fd: RawFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: reads at most one byte into a local.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        0 => true,
+        n if n > 0 => false, // the client sent something: alive (odd, but not ours to judge)
+        _ => !matches!(
+            io::Error::last_os_error().raw_os_error(),
+            Some(libc::EAGAIN | libc::EINTR)
+        ),
+    }
+}
+
 /// Half-closes our side (FIN after the queued response) so that a lingering close can drain.
 pub fn shutdown_write(fd: RawFd) {
     with_socket(fd, |s| {

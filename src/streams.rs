@@ -24,7 +24,7 @@ use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
@@ -46,11 +46,20 @@ use crate::parked::Parked;
 use crate::sse::{ClockStep, FrameEncoder, TickClock};
 use crate::subs::Subs;
 
-/// The stream count over all workers, checked against `--max-streams` when a stream opens.
+/// The stream count over all workers, checked against `--max-streams` when a stream opens; and
+/// the way a core at the cap asks the others to sweep for streams whose clients have gone.
 #[derive(Debug)]
 pub struct StreamCap {
     open: AtomicUsize,
     max: usize,
+    sweepers: std::sync::Mutex<Vec<(futures::channel::mpsc::UnboundedSender<()>, Arc<AtomicBool>)>>,
+}
+
+/// A core's end of the sweep requests other cores send it (see [`StreamCap::ask_others_to_sweep`]).
+pub struct SweepRequests {
+    pub id: usize,
+    rx: futures::channel::mpsc::UnboundedReceiver<()>,
+    pending: Arc<AtomicBool>,
 }
 
 impl StreamCap {
@@ -58,6 +67,31 @@ impl StreamCap {
         StreamCap {
             open: AtomicUsize::new(0),
             max,
+            sweepers: Default::default(),
+        }
+    }
+
+    /// Registers a core that sweeps when asked.
+    pub fn register_sweeper(&self) -> SweepRequests {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        let pending = Arc::new(AtomicBool::new(false));
+        let mut all = self.sweepers.lock().unwrap_or_else(|p| p.into_inner());
+        all.push((tx, pending.clone()));
+        SweepRequests {
+            id: all.len() - 1,
+            rx,
+            pending,
+        }
+    }
+
+    /// Asks every other core to sweep its streams for gone clients (once until it has): a core
+    /// at the cap can only sweep its own, while the places may be held on another.
+    pub fn ask_others_to_sweep(&self, me: usize) {
+        let all = self.sweepers.lock().unwrap_or_else(|p| p.into_inner());
+        for (id, (tx, pending)) in all.iter().enumerate() {
+            if id != me && !pending.swap(true, Ordering::AcqRel) {
+                let _ = tx.unbounded_send(());
+            }
         }
     }
 
@@ -166,6 +200,22 @@ impl Streams {
         self.stats.stream_closed(why);
     }
 
+    /// Removes every idle stream whose client has gone (a FIN or reset is waiting on its socket),
+    /// without waiting for the writes that would notice it; returns how many. Used when the cap or
+    /// the fd limit is reached, e.g. when every client reconnects at once.
+    pub fn reap_gone(&self) -> usize {
+        let mut slab = self.slab.borrow_mut();
+        let gone: Vec<usize> = slab
+            .iter()
+            .filter(|(_, s)| matches!(s.state, State::Idle(_)) && net::peer_gone(s.fd))
+            .map(|(k, _)| k)
+            .collect();
+        for &key in &gone {
+            self.remove(&mut slab, key, CloseReason::ClientGone);
+        }
+        gone.len()
+    }
+
     /// Removes an aborted stream whose write has not returned: its slot and its place under the
     /// cap are freed now, counted as closed for skips and in `stuck_writes_reaped`. The socket
     /// lives in the write future, already shut down; it is closed when the write returns
@@ -206,6 +256,23 @@ impl Streams {
     }
 }
 
+/// Removes this core's idle streams (tick and channel) whose clients have gone, counts them and
+/// says so; returns how many. See `conn::Core::reclaim` for when.
+pub fn sweep_gone(streams: &Streams, subs: &Subs, stats: &WorkerStats, why: &str) -> usize {
+    let started = Instant::now();
+    let n = streams.reap_gone() + subs.reap_gone();
+    stats.inc(&stats.reclaim_sweeps);
+    stats.add(&stats.streams_reclaimed, n as u64);
+    if n > 0 {
+        tracing::info!(
+            streams = n,
+            took_us = started.elapsed().as_micros() as u64,
+            "{why}: removed streams whose clients had gone"
+        );
+    }
+    n
+}
+
 /// Writes one frame to one stream; the future owns the socket until the write ends.
 async fn write_frame(key: Key, mut stream: TcpStream, frame: Bytes) -> Done {
     let (result, _) = stream.write_all(frame).await;
@@ -223,6 +290,7 @@ enum Wake {
     Event(Arc<Event>),
     InboxClosed,
     Replayed(ReplayDone),
+    Sweep,
     Ready,
     Done(Done),
 }
@@ -282,6 +350,7 @@ impl Walker {
         &self,
         mut inbox: Inbox,
         mut replays: Option<futures::channel::mpsc::UnboundedReceiver<ReplayDone>>,
+        mut sweeps: Option<SweepRequests>,
     ) {
         // One concrete future type (no box per write): the write of `write_frame`.
         let mut inflight = FuturesUnordered::new();
@@ -319,6 +388,11 @@ impl Walker {
                             return Poll::Ready(Wake::Replayed(done));
                         }
                     }
+                    if let Some(sw) = sweeps.as_mut() {
+                        if let Poll::Ready(Some(())) = sw.rx.poll_next_unpin(cx) {
+                            return Poll::Ready(Wake::Sweep);
+                        }
+                    }
                     if self.subs.notify.poll_notified(cx).is_ready() {
                         return Poll::Ready(Wake::Ready);
                     }
@@ -351,6 +425,17 @@ impl Walker {
                     }
                     Wake::InboxClosed => inbox_open = false,
                     Wake::Replayed(done) => self.subs.finish_replay(done),
+                    Wake::Sweep => {
+                        if let Some(sw) = sweeps.as_ref() {
+                            sw.pending.store(false, Ordering::Release);
+                        }
+                        sweep_gone(
+                            &self.streams,
+                            &self.subs,
+                            &self.stats,
+                            "another core is at the stream cap",
+                        );
+                    }
                     Wake::Ready => {}
                     Wake::Done(done) => self.complete(done),
                 }

@@ -527,6 +527,20 @@ impl Subs {
         self.stats.dec(&self.stats.channel_streams_open);
     }
 
+    /// Removes every idle channel stream whose client has gone (see `Streams::reap_gone`).
+    pub fn reap_gone(&self) -> usize {
+        let mut slab = self.slab.borrow_mut();
+        let gone: Vec<usize> = slab
+            .iter()
+            .filter(|(_, s)| s.stream.is_some() && s.state == Abort::Open && net::peer_gone(s.fd))
+            .map(|(k, _)| k)
+            .collect();
+        for &key in &gone {
+            self.remove(&mut slab, key, CloseReason::ClientGone);
+        }
+        gone.len()
+    }
+
     /// Closes every stream (at shutdown).
     pub fn close_all(&self) {
         let mut slab = self.slab.borrow_mut();

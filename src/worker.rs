@@ -247,12 +247,14 @@ pub fn run(spec: Spec) {
             cfg.max_queued_bytes,
             cfg.max_skips,
         ));
+        let sweeps = cap.register_sweeper();
         let core = Rc::new(Core::new(
             cfg.clone(),
             streams.clone(),
             subs.clone(),
             cap,
             stats.clone(),
+            sweeps.id,
         ));
         let walker = Walker::new(streams.clone(), subs.clone(), stats.clone(), &cfg);
         // Several accepts in flight on io_uring, so a burst of connections is taken in one
@@ -270,7 +272,7 @@ pub fn run(spec: Spec) {
             core.clone(),
             warn.clone()
         ))));
-        let walking = std::pin::pin!(walker.run(inbox, replays));
+        let walking = std::pin::pin!(walker.run(inbox, replays, Some(sweeps)));
         let serving = select(accepting, walking);
         // Shutdown drops the accept loop, the listener and every in-flight write with it.
         if let Either::Right(_) = select(stop, serving).await {
@@ -328,6 +330,11 @@ async fn accept_loop(
                     warn.suppressed.set(0);
                 } else {
                     warn.suppressed.set(warn.suppressed.get() + 1);
+                }
+                // A full fd table may be held by streams whose clients have gone (a reconnect
+                // storm): free those and accept again at once.
+                if resource && core.reclaim() > 0 {
+                    continue;
                 }
                 let pause = match e.raw_os_error() {
                     _ if resource => 50,

@@ -16,6 +16,7 @@ both_drivers!(
     http10_and_last_event_id_get_the_stream,
     cors_origin_list,
     closed_clients_are_removed_and_free_their_place,
+    a_reconnect_storm_at_the_cap_is_served_without_refusals,
     non_reading_client_is_dropped_after_skips,
 );
 
@@ -254,4 +255,39 @@ fn non_reading_client_is_dropped_after_skips(driver: &str) {
     let s = server.stop_and_summary();
     assert_eq!(s.get("dropped_skips"), 1, "{}", s.0);
     assert!(s.get("frames_skipped") >= 3, "{}", s.0);
+}
+
+/// Every client drops at once and reconnects before any write could notice (ticks a minute
+/// apart): the server is at its cap with streams whose clients are gone, and must reclaim those
+/// places rather than refuse the reconnections (a 503 ends an EventSource for good).
+fn a_reconnect_storm_at_the_cap_is_served_without_refusals(driver: &str) {
+    const N: usize = 40;
+    let server = TestServer::start(driver, &["--interval", "60s", "--max-streams", "40"]);
+    let open = |path: &str| {
+        let mut s = connect(server.addr);
+        s.set_read_timeout(Some(PATIENCE)).unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n");
+        s.write_all(req.as_bytes()).unwrap();
+        SseClient::open_with(s, "")
+    };
+    // Half tick streams, half channel streams.
+    let path = |i: usize| {
+        if i.is_multiple_of(2) {
+            "/"
+        } else {
+            "/events?channel=storm"
+        }
+    };
+    let first: Vec<SseClient> = (0..N).map(|i| open(path(i))).collect();
+    assert!(first.iter().all(|c| c.head.starts_with("HTTP/1.1 200")));
+    wait_for_series(&server, "ringcast_streams_open{worker=\"total\"}", N as f64);
+    drop(first);
+    let second: Vec<SseClient> = (0..N).map(|i| open(path(i))).collect();
+    let refused = second
+        .iter()
+        .filter(|c| !c.head.starts_with("HTTP/1.1 200"))
+        .count();
+    assert_eq!(refused, 0, "reconnections refused during the storm");
+    assert_eq!(metric(&server, "streams_reclaimed_total"), N as f64);
+    wait_for_series(&server, "ringcast_streams_open{worker=\"total\"}", N as f64);
 }
