@@ -383,4 +383,81 @@ mod tests {
         let plain = std::net::TcpStream::connect(ls[0].local_addr().unwrap()).unwrap();
         assert!(!OPTS.carried(&socket2::SockRef::from(&plain)).all());
     }
+
+    /// A loopback pair: (client, accepted server end, non-blocking).
+    fn pair() -> (std::net::TcpStream, std::net::TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        s.set_nonblocking(true).unwrap();
+        (c, s)
+    }
+
+    /// Polls `f` until it holds (the peer's FIN crosses loopback at once, but do not assume it).
+    fn eventually(mut f: impl FnMut() -> bool) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if f() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        false
+    }
+
+    #[test]
+    fn direct_recv_sees_nothing_then_bytes_then_the_close() {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        let (mut c, s) = pair();
+        let fd = s.as_raw_fd();
+        let mut buf = Vec::with_capacity(64);
+        assert_eq!(try_recv(fd, &mut buf, 64), Recv::WouldBlock);
+        c.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+        assert!(eventually(|| matches!(
+            try_recv(fd, &mut buf, 64),
+            Recv::Got(_)
+        )));
+        assert_eq!(buf, b"GET / HTTP/1.1\r\n");
+        // `max` bounds what one call takes.
+        c.write_all(b"abcdef").unwrap();
+        assert!(eventually(|| try_recv(fd, &mut buf, 2) == Recv::Got(2)));
+        assert!(buf.ends_with(b"ab"));
+        drop(c);
+        let mut rest = Vec::with_capacity(64);
+        assert!(eventually(|| try_recv(fd, &mut rest, 64) == Recv::Closed
+            || {
+                rest.clear();
+                false
+            }));
+    }
+
+    #[test]
+    fn direct_send_delivers_a_head_at_once() {
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+        let (mut c, s) = pair();
+        let head = b"HTTP/1.1 200 OK\r\n\r\n";
+        assert_eq!(try_send(s.as_raw_fd(), head), head.len());
+        let mut got = vec![0u8; head.len()];
+        c.read_exact(&mut got).unwrap();
+        assert_eq!(&got, head);
+    }
+
+    #[test]
+    fn a_gone_peer_is_seen_without_consuming_anything() {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        let (mut c, s) = pair();
+        let fd = s.as_raw_fd();
+        assert!(!peer_gone(fd), "a silent live client");
+        c.write_all(b"x").unwrap();
+        assert!(eventually(|| {
+            let mut b = Vec::with_capacity(1);
+            // peeked data is not consumed: it is still there for a real read
+            !peer_gone(fd) && try_recv(fd, &mut b, 1) == Recv::Got(1)
+        }));
+        drop(c);
+        assert!(eventually(|| peer_gone(fd)), "the FIN is seen");
+    }
 }
