@@ -230,7 +230,8 @@ def cell_flags(d):
     _, workers, _ = server_workers(d.get("server_log"))
     ran = sorted({w["uring_flags"] for w in workers if w.get("driver") == "io_uring" and w.get("uring_flags")})
     ran_cell = ", ".join(ran) if ran else "-"
-    return f"{auto} → {ran_cell}"
+    # "|" joins the flag names and would split a table cell.
+    return f"{auto} → {ran_cell}".replace("|", "\\|")
 
 
 def cell_inherited(d):
