@@ -17,6 +17,7 @@ both_drivers!(
     cors_origin_list,
     closed_clients_are_removed_and_free_their_place,
     a_reconnect_storm_at_the_cap_is_served_without_refusals,
+    a_full_server_refuses_after_a_short_wait_without_sweeping_over_and_over,
     non_reading_client_is_dropped_after_skips,
 );
 
@@ -290,4 +291,30 @@ fn a_reconnect_storm_at_the_cap_is_served_without_refusals(driver: &str) {
     assert_eq!(refused, 0, "reconnections refused during the storm");
     assert_eq!(metric(&server, "streams_reclaimed_total"), N as f64);
     wait_for_series(&server, "ringcast_streams_open{worker=\"total\"}", N as f64);
+}
+
+/// At the cap with live clients there is nothing to reclaim: an over-cap stream request is
+/// refused with 503 after its short wait, and the sweeps back off instead of running every few
+/// milliseconds for as long as requests keep coming.
+fn a_full_server_refuses_after_a_short_wait_without_sweeping_over_and_over(driver: &str) {
+    let server = TestServer::start(driver, &["--interval", "60s", "--max-streams", "10"]);
+    let live: Vec<SseClient> = (0..10).map(|_| SseClient::open(server.addr, "")).collect();
+    assert!(live.iter().all(|c| c.head.starts_with("HTTP/1.1 200")));
+    let over = 20;
+    for _ in 0..over {
+        let busy = request(
+            server.addr,
+            b"GET / HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n",
+        );
+        assert!(busy.starts_with("HTTP/1.1 503 "), "{busy}");
+    }
+    assert_eq!(metric(&server, "streams_reclaimed_total"), 0.0);
+    // Each refusal waited ~250 ms: without the back-off, every core would have swept every
+    // 20 ms of that (and asked the other to), hundreds of sweeps in all.
+    let sweeps = metric(&server, "reclaim_sweeps_total");
+    assert!(
+        (1.0..=60.0).contains(&sweeps),
+        "{sweeps} sweeps for {over} refused requests"
+    );
+    drop(live);
 }
