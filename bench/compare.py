@@ -227,6 +227,11 @@ class Result:
         info = get(run, "server", "info") or {}
         flags = sorted({w.get("uring_flags") for w in info.get("workers") or [] if w.get("uring_flags")})
         self.uring_flags = ", ".join(flags) or None
+        # The driver that really ran, from the server's own /info when it has one (a ringcast
+        # asked for io_uring may have fallen back to epoll); the label's otherwise.
+        ran = sorted({w.get("driver") for w in info.get("workers") or [] if w.get("driver")})
+        if ran:
+            self.driver = ", ".join(ran) + ("" if ran == ["epoll"] or not self.uring_flags else f" ({self.uring_flags})")
 
     def spread(self):
         """The loadgen's fan-out spread p99 (µs): first to last stream of one tick, over the
