@@ -585,6 +585,7 @@ SCENARIOS = {
     "publish": "published events: ringcast against nginx+nchan, publish intake, history under a flood",
     "cluster": "several nodes through Redis Streams, failover",
     "collect": "returning freed heap pages after every tick walk or less often",
+    "capacity": "up to a million idle streams in one emulated guest, memory per stream (virt: tcg)",
 }
 
 
