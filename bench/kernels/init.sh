@@ -112,11 +112,13 @@ capacity() {
     ramp=$(( (n + rate - 1) / rate ))
     snap boot
     spid=
-    # --header-timeout: under TCG a worker walking a tick to every stream leaves new connections
-    # unread for tens of seconds; the 10 s default would answer them 408.
+    # Under TCG a worker walking a tick to every stream leaves new connections waiting for tens
+    # of seconds (minutes late in a big ramp): a full accept queue (--backlog) and the 10 s
+    # --header-timeout would turn those into failures that measure the emulator, not ringcast,
+    # so both are raised here, as is the loadgen's --connect-timeout (rc.connect_timeout).
     /bin/ringcast --listen 127.0.0.1:$port --admin-listen none --driver "$driver" \
-        --interval "$interval" --workers "$workers" --header-timeout "$(arg header_timeout 120s)" \
-        > /tmp/server.log 2>&1 &
+        --interval "$interval" --workers "$workers" --header-timeout "$(arg header_timeout 600s)" \
+        --backlog 65535 > /tmp/server.log 2>&1 &
     spid=$!
     up=0
     i=0
@@ -149,7 +151,7 @@ capacity() {
     say "loadgen: $n streams at $rate/s (ramp ${ramp}s), hold ${hsecs}s, interval ${isecs}s, sources $srcs"
     /bin/ringcast-loadgen --url "http://127.0.0.1:$port/" -c "$n" \
         -r "$rate" -d "${hsecs}s" --warmup "$warmup" --interval "$interval" --source-addrs "$srcs" \
-        --connect-timeout 60s --server-pid $spid --label "$virt-$driver-capacity" \
+        --connect-timeout "$(arg connect_timeout 600s)" --server-pid $spid --label "$virt-$driver-capacity" \
         --out /tmp/result.json -q > /tmp/loadgen.log 2>&1 &
     lpid=$!
     : > /tmp/progress.txt

@@ -555,10 +555,12 @@ def capacity_table(results_dir, out):
         if isinstance(d, dict) and d.get("schema") == SCHEMA and d.get("mode") == "capacity":
             d["_path"] = os.path.relpath(p, os.path.dirname(os.path.abspath(out)))
             docs.append(d)
-    latest = {}
-    for d in sorted(docs, key=lambda d: d.get("date") or ""):
-        latest[(d.get("kernel_release"), d.get("driver_requested"), d.get("streams_requested"))] = d
-    rows = sorted(latest.values(), key=lambda d: (vkey(d.get("kernel_release")), -(d.get("streams_requested") or 0), d.get("driver_requested") or ""), reverse=False)
+    # Every run is a row (each is an hour of emulation, and one that fell short says why), newest
+    # kernel first, then by streams asked, driver and date.
+    rows = sorted(docs, key=lambda d: (d.get("date") or ""))
+    rows.sort(key=lambda d: (d.get("driver_requested") or ""))
+    rows.sort(key=lambda d: -(d.get("streams_requested") or 0))
+    rows.sort(key=lambda d: vkey(d.get("kernel_release")), reverse=True)
     lines = [
         "# Capacity: idle streams past the host's fd limit (issue 13)",
         "",
