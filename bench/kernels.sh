@@ -41,7 +41,7 @@
 #                         measures what each costs (bench/kernels/init.sh's capacity flow:
 #                         memory snapshots, a server-only phase). Defaults become: kernel
 #                         trixie-backports (the newest that boots reliably here), --mem 16G,
-#                         --interval 60s, --hold 180s, --rate 500, --warmup interval/4, sources
+#                         --interval 120s, --hold 240s, --rate 200, --warmup interval/4, sources
 #                         127.0.0.2-127.0.0.60, guest command line + slab_nomerge (so slab
 #                         caches are counted apart), results in DIR/capacity/ and the table
 #                         DIR/capacity/README.md; a guest is retried only when its first boot
@@ -128,9 +128,9 @@ secs() { # humantime-ish duration -> whole seconds (s, ms, m)
 if [ $capacity = 1 ]; then
     [ $kernels_set = 1 ] || kernels=trixie-backports
     [ $mem_set = 1 ] || mem=16G
-    [ $interval_set = 1 ] || interval=60s
-    [ $hold_set = 1 ] || hold=180s
-    [ $rate_set = 1 ] || rate=500
+    [ $interval_set = 1 ] || interval=120s
+    [ $hold_set = 1 ] || hold=240s
+    [ $rate_set = 1 ] || rate=200
     # The measuring window starts a quarter interval after the ramp, so that the ramp's
     # stragglers do not count as tick work in the server's CPU per frame.
     [ "$warmup" != 0s ] || warmup=$(( $(secs "$interval") / 4 ))s
