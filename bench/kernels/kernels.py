@@ -576,8 +576,8 @@ def capacity_table(results_dir, out):
         "against native results). The tick interval is long (60 s and more) because the emulated",
         "CPUs need tens of seconds to deliver one tick to every stream.",
         "",
-        "| kernel | virt | driver asked → ran | streams asked / held | interval | ticks complete / seen | missed ids | failures | spread p99 (s) | server user B/stream | server kernel B/stream | loadgen user B/stream | loadgen kernel B/stream | kernel both sides B/stream (slab; meminfo) | server CPU µs/frame (emulated) | guest memory | stopped by | result |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| kernel | virt | driver asked → ran | streams asked / held | interval | ticks complete / seen | missed ids | failures | spread p99 (s) | response head p99 (s) | server user B/stream | server kernel B/stream | loadgen user B/stream | loadgen kernel B/stream | kernel both sides B/stream (slab; meminfo) | server CPU µs/frame (emulated) | guest memory | stopped by | result |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for d in rows:
         cap = d.get("capacity") or {}
@@ -588,16 +588,18 @@ def capacity_table(results_dir, out):
         stopped = cap.get("stopped_by") or ("-" if d.get("status") == "ok" else "")
         if d.get("status") != "ok":
             stopped = f"**{d.get('status')}**" + (f": {d['failure']}" if d.get("failure") else "") + (f"; {cap.get('stopped_by')}" if cap.get("stopped_by") else "")
+        heads = (((d.get("result") or {}).get("percentiles") or {}).get("headers") or {}).get("p99")
         both = "{}; {}".format(fmt_bytes(cap.get("kernel_slab_bytes_per_stream_both")),
                                fmt_bytes(cap.get("kernel_meminfo_bytes_per_stream_both")))
         lines.append(
-            "| {k} | {v} | {a} → {ran} | {n} / {h} | {i} | {tc} / {ts} | {m} | {f} | {sp} | {su} | {sk} | {lu} | {lk} | {both} | {cpu} | {mem} | {st} | [json]({path}) |".format(
+            "| {k} | {v} | {a} → {ran} | {n} / {h} | {i} | {tc} / {ts} | {m} | {f} | {sp} | {hd} | {su} | {sk} | {lu} | {lk} | {both} | {cpu} | {mem} | {st} | [json]({path}) |".format(
                 k=d.get("kernel_release"), v=d.get("virt"), a=d.get("driver_requested"),
                 ran=d.get("server_driver") or "none", n=d.get("streams_requested"),
                 h=cap.get("streams_held", "-"), i=d.get("interval"),
                 tc=cap.get("ticks_complete", "-"), ts=cap.get("ticks_seen", "-"),
                 m=cap.get("missed_ids", "-"), f="-" if nfail is None else nfail,
                 sp="-" if spread is None else f"{spread / 1e6:.1f}",
+                hd="-" if heads is None else f"{heads / 1e6:.1f}",
                 su=fmt_bytes(cap.get("server_user_bytes_per_stream")),
                 sk=fmt_bytes(cap.get("server_kernel_bytes_per_stream")),
                 lu=fmt_bytes(cap.get("loadgen_user_bytes_per_stream")),
@@ -614,7 +616,9 @@ def capacity_table(results_dir, out):
         "  ticks the loadgen saw in its measuring window (after the ramp) that reached every held",
         "  stream, out of all it saw there (the window's last tick can be cut short by its end).",
         "  *missed ids*: gaps in a stream's event ids. *spread p99*: first to last arrival of one",
-        "  tick over all streams.",
+        "  tick over all streams. *response head p99*: connect to the response head, the ramp's",
+        "  queueing under emulation shows here (the loadgen gives up on a connection after its",
+        "  `--connect-timeout`, 60 s in the first run, 600 s after it).",
         "- *server user*: the server's VmRSS growth from before the ramp to the idle hold, over the",
         "  streams held. *loadgen user*: the loadgen's whole VmRSS at the hold over the streams.",
         "- *kernel both sides*: slab growth over all caches from before the ramp to the idle hold",
