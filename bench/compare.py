@@ -644,6 +644,7 @@ SCENARIOS = {
     "collect": "returning freed heap pages after every tick walk or less often",
     "fastpath": "io_uring fast paths: ring setup flags, memory per idle stream, connect latency, the `ok` path, in interleaved rounds",
     "storm": "reconnect storm: every stream dropped at once, time until all receive ticks again",
+    "capacity": "up to a million idle streams in one emulated guest, memory per stream (virt: tcg)",
 }
 
 

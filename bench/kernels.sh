@@ -37,6 +37,16 @@
 #   --profile P           cargo profile of the static build (default release)
 #   --no-build            use the static binaries already built
 #   --no-table            do not regenerate DIR/kernels.md
+#   --capacity N          capacity mode (issue 13): one guest per driver holds N streams and
+#                         measures what each costs (bench/kernels/init.sh's capacity flow:
+#                         memory snapshots, a server-only phase). Defaults become: kernel
+#                         trixie-backports (the newest that boots reliably here), --mem 16G,
+#                         --interval 120s, --hold 240s, --rate 200, --warmup interval/4, sources
+#                         127.0.0.2-127.0.0.60, guest command line + slab_nomerge (so slab
+#                         caches are counted apart), results in DIR/capacity/ and the table
+#                         DIR/capacity/README.md; a guest is retried only when its first boot
+#                         died early (an hour-long run is not repeated)
+#   --srcs RANGE          the loadgen's source addresses in the guest (default 127.0.0.2-127.0.0.9)
 #   --smoke               harness check: one kernel (default trixie), driver uring, 50 streams,
 #                         1s interval, 6s hold, dev-profile build, results in a temp dir unless
 #                         --results is given, no table
@@ -62,6 +72,9 @@ profile=release
 build=1
 table=1
 smoke=0
+capacity=0
+srcs=
+mem_set=0 interval_set=0 hold_set=0 rate_set=0 results_set=0
 kernels_set=0
 drivers_set=0
 profile_set=0
@@ -71,13 +84,13 @@ while [ $# -gt 0 ]; do
         --kernels) kernels=$2; kernels_set=1; shift ;;
         --drivers) drivers=$2; drivers_set=1; shift ;;
         --streams) streams=$2; shift ;;
-        --interval) interval=$2; shift ;;
-        --hold) hold=$2; shift ;;
+        --interval) interval=$2; interval_set=1; shift ;;
+        --hold) hold=$2; hold_set=1; shift ;;
         --warmup) warmup=$2; shift ;;
-        --rate) rate=$2; shift ;;
+        --rate) rate=$2; rate_set=1; shift ;;
         --accel) accel=$2; shift ;;
         --smp) smp=$2; shift ;;
-        --mem) mem=$2; shift ;;
+        --mem) mem=$2; mem_set=1; shift ;;
         --guest-timeout) guest_timeout=$2; shift ;;
         --results) results=$2; shift ;;
         --cache) cache=$2; shift ;;
@@ -85,6 +98,8 @@ while [ $# -gt 0 ]; do
         --no-build) build=0 ;;
         --no-table) table=0 ;;
         --smoke) smoke=1 ;;
+        --capacity) capacity=1; streams=$2; shift ;;
+        --srcs) srcs=$2; shift ;;
         -h | --help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "kernels.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -102,10 +117,6 @@ if [ $smoke = 1 ]; then
     [ $profile_set = 1 ] || profile=dev
     [ -n "$results" ] || results=$work/results
 fi
-[ -n "$results" ] || results=$root/results
-mkdir -p "$results"
-
-say() { printf '\n== %s\n' "$*"; }
 secs() { # humantime-ish duration -> whole seconds (s, ms, m)
     case $1 in
         *ms) echo $(( ${1%ms} / 1000 )) ;;
@@ -114,6 +125,22 @@ secs() { # humantime-ish duration -> whole seconds (s, ms, m)
         *) echo "$1" ;;
     esac
 }
+if [ $capacity = 1 ]; then
+    [ $kernels_set = 1 ] || kernels=trixie-backports
+    [ $mem_set = 1 ] || mem=16G
+    [ $interval_set = 1 ] || interval=120s
+    [ $hold_set = 1 ] || hold=240s
+    [ $rate_set = 1 ] || rate=200
+    # The measuring window starts a quarter interval after the ramp, so that the ramp's
+    # stragglers do not count as tick work in the server's CPU per frame.
+    [ "$warmup" != 0s ] || warmup=$(( $(secs "$interval") / 4 ))s
+    [ -n "$srcs" ] || srcs=127.0.0.2-127.0.0.60
+    [ -n "$results" ] || results=$root/results/capacity
+fi
+[ -n "$results" ] || results=$root/results
+mkdir -p "$results"
+
+say() { printf '\n== %s\n' "$*"; }
 
 for tool in qemu-system-x86_64 cpio apt-get dpkg-deb python3 timeout; do
     command -v "$tool" > /dev/null || {
@@ -121,6 +148,17 @@ for tool in qemu-system-x86_64 cpio apt-get dpkg-deb python3 timeout; do
         exit 2
     }
 done
+
+# The guest's memory comes from the host's: refuse a size that would leave the host less than
+# 4 GiB available (the machine is shared; TCG only touches the pages the guest uses, but a
+# capacity run uses most of them).
+mem_gib=${mem%G}
+case $mem in *G) ;; *) mem_gib=$(( ${mem%M} / 1024 )) ;; esac
+avail_gib=$(awk '/MemAvailable/{print int($2 / 1048576)}' /proc/meminfo)
+if [ "$mem_gib" -gt $((avail_gib - 4)) ]; then
+    echo "kernels.sh: --mem $mem would leave the host less than 4 GiB (available: ${avail_gib} GiB)" >&2
+    exit 2
+fi
 
 host=$(hostname -s 2> /dev/null || hostname)
 date_tag=$(date -u +%Y%m%dT%H%M%SZ)
@@ -223,6 +261,19 @@ limit=${guest_timeout:-$(( 150 + ramp + $(secs "$hold") + $(secs "$warmup") + 2 
 # The loadgen's own limit inside the guest: well before the guest's, so a stuck loadgen still
 # leaves time to send back what there is.
 lglimit=$(( limit > 90 ? limit - 30 : limit * 2 / 3 + 1 ))
+mode_args=
+if [ $capacity = 1 ]; then
+    # Capacity runs scale with N: the ramp may run late under TCG (twice its plan is allowed),
+    # the hold is lengthened by up to one interval (init.sh). The guest's limit adds what
+    # init.sh allows itself after the loadgen: 30 s to kill a loadgen over its limit, up to
+    # 600 s for the loadgen's sockets to go, up to 600 s for the killed server's, 120 s to send
+    # the snapshots back, and 60 s to boot.
+    lglimit=$(( 2 * ramp + $(secs "$hold") + $(secs "$warmup") + 3 * $(secs "$interval") + 120 ))
+    limit=${guest_timeout:-$(( 60 + lglimit + 30 + 600 + 600 + 120 ))}
+    mode_args="rc.mode=capacity slab_nomerge"
+fi
+[ -z "$srcs" ] || mode_args="$mode_args rc.srcs=$srcs"
+echo "guest time limit ${limit}s, the loadgen's ${lglimit}s"
 while IFS=$'\t' read -r spec release vmlinuz pkgver; do
     if [ "$release" = "-" ]; then
         failed+=("$spec (fetch: $pkgver)")
@@ -238,7 +289,7 @@ while IFS=$'\t' read -r spec release vmlinuz pkgver; do
         while [ $attempt -lt 2 ]; do
             attempt=$((attempt + 1))
             boot "$vmlinuz" "$qemu_accel" "$qemu_cpu" "$limit" "$tag-$attempt" \
-                "rc.driver=$driver rc.streams=$streams rc.rate=$rate rc.hold=$hold rc.warmup=$warmup rc.interval=$interval rc.workers=$smp rc.virt=$virt rc.lglimit=$lglimit"
+                "rc.driver=$driver rc.streams=$streams rc.rate=$rate rc.hold=$hold rc.warmup=$warmup rc.interval=$interval rc.workers=$smp rc.virt=$virt rc.lglimit=$lglimit $mode_args"
             read -r state sections < <(python3 "$here/kernels.py" decode "$boot_dir/results.txt" "$boot_dir/sections")
             if [ "$state" = complete ]; then
                 status=ok
@@ -260,6 +311,8 @@ while IFS=$'\t' read -r spec release vmlinuz pkgver; do
                 sed 's/\x1b\[[0-9;?]*[A-Za-z]//g; s/\x1bc//g; s/^/    | /'
             echo
             tail -n 5 "$boot_dir/qemu.out" 2> /dev/null | sed 's/^/    qemu: /'
+            # A capacity guest that got past its boot is not booted again (an hour is not repeated).
+            if [ $capacity = 1 ] && [ "$boot_secs" -gt 180 ]; then break; fi
         done
         outdir=$results/$release
         out=$outdir/$date_tag-$host-$virt-$driver-$streams.json
@@ -269,7 +322,8 @@ while IFS=$'\t' read -r spec release vmlinuz pkgver; do
             status="$status" failure="$failure" host="$host" date="$date_tag" \
             git_commit="$git_commit" git_dirty="$git_dirty" qemu_command="$qemu_cmd" \
             attempts="$attempt" elapsed="$boot_secs" console="$boot_dir/console.log" \
-            earlier_console="$earlier_console")
+            earlier_console="$earlier_console" mode="$([ $capacity = 1 ] && echo capacity || echo run)" \
+            mem="$mem" smp="$smp")
         read -r rstatus rdriver out <<< "$line"
         echo "  status $rstatus, server driver $rdriver -> $out"
         if [ "$rstatus" = ok ]; then
@@ -284,7 +338,10 @@ while IFS=$'\t' read -r spec release vmlinuz pkgver; do
     done
 done < "$work/kernels.tsv"
 
-if [ $table = 1 ] && [ ${#written[@]} -gt 0 ]; then
+if [ $table = 1 ] && [ ${#written[@]} -gt 0 ] && [ $capacity = 1 ]; then
+    say "capacity table"
+    python3 "$here/kernels.py" capacity-table "$results" "$results/README.md" && cat "$results/README.md"
+elif [ $table = 1 ] && [ ${#written[@]} -gt 0 ]; then
     say "kernels table"
     python3 "$here/kernels.py" table "$results" "$results/kernels.md" && cat "$results/kernels.md"
 fi
