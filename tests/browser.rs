@@ -38,8 +38,8 @@ fn an_event_published_on_node_b_reaches_a_browser_on_node_a() {
     };
     let page = PageServer::start();
     let url = redis.url();
-    let a = TestServer::start("auto", &["--redis", &url]);
-    let b = TestServer::start("auto", &["--redis", &url]);
+    let a = browser_safe_server("auto", &["--redis", &url]);
+    let b = browser_safe_server("auto", &["--redis", &url]);
     let Some(browser) = Browser::start(test) else {
         return;
     };
@@ -108,6 +108,34 @@ function watch(name, url, withCredentials) {
 
 // ---- the page's origin ----
 
+/// Ports Chromium refuses to load from (`ERR_UNSAFE_PORT`, net/base/port_util.cc). A listener on
+/// port 0 can get one of those that lie in the ephemeral range (the benchmarks widen it to
+/// 1024-65535), and the page or stream then fails in the browser for a reason that is not ours.
+const CHROMIUM_UNSAFE_PORTS: &[u16] = &[
+    1719, 1720, 1723, 2049, 3659, 4045, 4190, 5060, 5061, 6000, 6566, 6665, 6666, 6667, 6668, 6669,
+    6679, 6697, 10080,
+];
+
+/// A loopback listener on a port the browser will connect to.
+fn browser_safe_listener() -> TcpListener {
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        if !CHROMIUM_UNSAFE_PORTS.contains(&l.local_addr().unwrap().port()) {
+            return l;
+        }
+    }
+}
+
+/// A server on a port the browser will connect to (started again if it got an unsafe one).
+fn browser_safe_server(driver: &str, args: &[&str]) -> TestServer {
+    loop {
+        let server = TestServer::start(driver, args);
+        if !CHROMIUM_UNSAFE_PORTS.contains(&server.addr.port()) {
+            return server;
+        }
+    }
+}
+
 /// Serves `PAGE` to any request, one connection at a time, until dropped.
 struct PageServer {
     addr: SocketAddr,
@@ -116,7 +144,7 @@ struct PageServer {
 
 impl PageServer {
     fn start() -> PageServer {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = browser_safe_listener();
         let addr = listener.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
@@ -403,14 +431,14 @@ fn cross_origin_eventsource_receives_hello_and_cors_is_enforced(driver: &str) {
     let page = PageServer::start();
     let tick = ["--interval", "100ms"];
     // The seed's server: any origin.
-    let any = TestServer::start(driver, &tick);
+    let any = browser_safe_server(driver, &tick);
     // An origin list naming the page: its origin is echoed, credentials allowed.
-    let listed = TestServer::start(
+    let listed = browser_safe_server(
         driver,
         &[&tick[..], &["--cors-origin", &page.origin()]].concat(),
     );
     // An origin list without the page: a stream request from it gets 403.
-    let elsewhere = TestServer::start(
+    let elsewhere = browser_safe_server(
         driver,
         &[&tick[..], &["--cors-origin", "http://allowed.example"]].concat(),
     );
@@ -468,7 +496,7 @@ fn eventsource_reconnects_with_last_event_id_after_restart(driver: &str) {
         "--log",
         "info,ringcast=debug",
     ];
-    let mut first = TestServer::start(driver, &args);
+    let mut first = browser_safe_server(driver, &args);
     let Some(browser) = Browser::start(test) else {
         return;
     };
@@ -534,7 +562,7 @@ struct Relay {
 
 impl Relay {
     fn start(upstream: SocketAddr) -> Relay {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = browser_safe_listener();
         let addr = listener.local_addr().unwrap();
         let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
         let paused = Arc::new(AtomicBool::new(false));
@@ -581,7 +609,7 @@ impl Relay {
 fn channel_subscriber_cut_off_gets_what_was_published_meanwhile(driver: &str) {
     let test = "channel_subscriber_cut_off_gets_what_was_published_meanwhile";
     let page = PageServer::start();
-    let server = TestServer::start(driver, &["--retry", "200", "--heartbeat", "off"]);
+    let server = browser_safe_server(driver, &["--retry", "200", "--heartbeat", "off"]);
     let relay = Relay::start(server.addr);
     let Some(browser) = Browser::start(test) else {
         return;
