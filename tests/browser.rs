@@ -241,8 +241,10 @@ impl Browser {
                 .stderr(Stdio::null())
                 .process_group(0),
         );
+        // Several browser tests start their chromedriver and Chromium at once on two loaded
+        // cores: give the start-up more room than a single step gets.
         let port: u16 = driver
-            .wait_until(PATIENCE, |lines| {
+            .wait_until(PATIENCE * 3, |lines| {
                 lines.iter().find_map(|l| {
                     l.split("started successfully on port ")
                         .nth(1)?
