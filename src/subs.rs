@@ -210,6 +210,10 @@ pub struct Subs {
     stats: Arc<WorkerStats>,
     max_queued: usize,
     max_skips: u8,
+    /// Streams resuming from an id this core has not reached yet (it was sequenced, and another
+    /// core already delivered it): they join once this core's position reaches it, so that
+    /// nothing at or before it is sent again. Rare and short-lived.
+    waiting: RefCell<Vec<(EventId, TcpStream, Subscription, Permit)>>,
 }
 
 impl Subs {
@@ -234,6 +238,7 @@ impl Subs {
             stats,
             max_queued,
             max_skips,
+            waiting: RefCell::new(Vec::new()),
         }
     }
 
@@ -243,6 +248,16 @@ impl Subs {
     /// queue on it) but is held until the engine's replay comes back to be put in front of them.
     pub fn open(&self, stream: TcpStream, sub: Subscription, permit: Permit) {
         let position = self.position.get();
+        if let Some(after) = sub
+            .last_event_id
+            .as_deref()
+            .and_then(|l| EventId::parse(l).ok())
+            .filter(|&id| id > position && id <= self.hub.last_id())
+        {
+            // The client saw an event this core's inbox has not handed over yet: wait for it.
+            self.waiting.borrow_mut().push((after, stream, sub, permit));
+            return;
+        }
         let serial = self.serial.get() + 1;
         self.serial.set(serial);
         let mut held = None;
@@ -390,6 +405,27 @@ impl Subs {
             }
         }
         self.stats.add(&self.stats.events_delivered, reached);
+        drop((index, slab, ready));
+        self.release_waiting();
+    }
+
+    /// Opens the waiting streams whose resume id this core has now reached.
+    fn release_waiting(&self) {
+        let position = self.position.get();
+        let due: Vec<_> = {
+            let mut waiting = self.waiting.borrow_mut();
+            if waiting.is_empty() {
+                return;
+            }
+            let (due, rest) = std::mem::take(&mut *waiting)
+                .into_iter()
+                .partition(|(after, ..)| *after <= position);
+            *waiting = rest;
+            due
+        };
+        for (_, stream, sub, permit) in due {
+            self.open(stream, sub, permit);
+        }
     }
 
     fn enqueue(&self, sub: &mut Sub, key: usize, frame: Bytes, ready: &mut VecDeque<usize>) {
@@ -543,6 +579,9 @@ impl Subs {
 
     /// Closes every stream (at shutdown).
     pub fn close_all(&self) {
+        for _ in self.waiting.borrow_mut().drain(..) {
+            self.stats.stream_closed(CloseReason::Shutdown);
+        }
         let mut slab = self.slab.borrow_mut();
         let keys: Vec<usize> = slab.iter().map(|(k, _)| k).collect();
         for key in keys {
@@ -626,6 +665,56 @@ mod tests {
             out.push((key, frame));
         }
         out
+    }
+
+    /// A client that saw an event on another core and resumes on this one before this core has
+    /// handled it waits for it: no reset, nothing it already has, then what follows.
+    #[test]
+    fn a_resume_from_an_event_this_core_has_not_reached_waits_for_it() {
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let limits = Limits {
+                    per_channel: 16,
+                    bytes: 1 << 20,
+                    age: Duration::from_secs(60),
+                };
+                let (hub, mut inboxes) = Hub::new(limits, 1);
+                let stats = Arc::new(WorkerStats::default());
+                let subs = Subs::new(hub.clone(), None, stats.clone(), 1 << 20, 3);
+                let cap = Arc::new(StreamCap::new(10));
+                let ch: Box<[Box<str>]> = vec!["a".into()].into();
+                let first = hub.publish(ch.clone(), "", "one").unwrap();
+                let second = hub.publish(ch.clone(), "", "two").unwrap();
+                // The client had both (from another core); this core has handled neither.
+                let (stream, _client) = socket();
+                let sub = Subscription {
+                    channels: vec!["a".into()],
+                    last_event_id: Some(second.to_string().into_bytes().into()),
+                };
+                subs.open(stream, sub, cap.try_reserve().unwrap());
+                assert!(
+                    drain(&subs).is_empty(),
+                    "nothing before this core reaches it"
+                );
+                let inbox = &mut inboxes[0];
+                let mut next = || inbox.events.try_recv().expect("an event in the inbox");
+                let e1 = next();
+                assert_eq!(e1.id, first);
+                subs.deliver(&e1);
+                assert!(drain(&subs).is_empty(), "still waiting");
+                subs.deliver(&next());
+                let opened = drain(&subs);
+                assert_eq!(opened.len(), 1, "only the position frame: {opened:?}");
+                assert_eq!(opened[0].1, position_frame(second));
+                let third = hub.publish(ch, "", "three").unwrap();
+                subs.deliver(&next());
+                let live = drain(&subs);
+                assert_eq!(live.len(), 1);
+                assert!(live[0].1.starts_with(format!("id: {third}\n").as_bytes()));
+                assert_eq!(stats.snapshot().replay_resets, 0);
+            });
     }
 
     #[test]
