@@ -657,6 +657,35 @@ mod tests {
         (TcpStream::from_std(server).unwrap(), client)
     }
 
+    /// One core's channel streams on a one-core hub, with a small cap.
+    struct Core {
+        hub: Arc<Hub>,
+        inboxes: Vec<crate::hub::Inbox>,
+        stats: Arc<WorkerStats>,
+        subs: Subs,
+        cap: Arc<StreamCap>,
+    }
+
+    impl Core {
+        fn new() -> Core {
+            let limits = Limits {
+                per_channel: 16,
+                bytes: 1 << 20,
+                age: Duration::from_secs(60),
+            };
+            let (hub, inboxes) = Hub::new(limits, 1);
+            let stats = Arc::new(WorkerStats::default());
+            let subs = Subs::new(hub.clone(), None, stats.clone(), 1 << 20, 3);
+            Core {
+                hub,
+                inboxes,
+                stats,
+                subs,
+                cap: Arc::new(StreamCap::new(10)),
+            }
+        }
+    }
+
     /// Completes every write that is ready as if it had succeeded; returns (key, frame) pairs.
     fn drain(subs: &Subs) -> Vec<(usize, Bytes)> {
         let mut out = Vec::new();
@@ -675,15 +704,13 @@ mod tests {
             .build()
             .unwrap()
             .block_on(async {
-                let limits = Limits {
-                    per_channel: 16,
-                    bytes: 1 << 20,
-                    age: Duration::from_secs(60),
-                };
-                let (hub, mut inboxes) = Hub::new(limits, 1);
-                let stats = Arc::new(WorkerStats::default());
-                let subs = Subs::new(hub.clone(), None, stats.clone(), 1 << 20, 3);
-                let cap = Arc::new(StreamCap::new(10));
+                let Core {
+                    hub,
+                    mut inboxes,
+                    stats,
+                    subs,
+                    cap,
+                } = Core::new();
                 let ch: Box<[Box<str>]> = vec!["a".into()].into();
                 let first = hub.publish(ch.clone(), "", "one").unwrap();
                 let second = hub.publish(ch.clone(), "", "two").unwrap();
@@ -723,15 +750,9 @@ mod tests {
             .build()
             .unwrap()
             .block_on(async {
-                let limits = Limits {
-                    per_channel: 16,
-                    bytes: 1 << 20,
-                    age: Duration::from_secs(60),
-                };
-                let (hub, _inboxes) = Hub::new(limits, 1);
-                let stats = Arc::new(WorkerStats::default());
-                let subs = Subs::new(hub, None, stats.clone(), 1 << 20, 3);
-                let cap = Arc::new(StreamCap::new(10));
+                let Core {
+                    stats, subs, cap, ..
+                } = Core::new();
                 let mut clients = Vec::new();
                 for ch in ["a", "b"] {
                     let (stream, client) = socket();
