@@ -614,6 +614,12 @@ const FAMILIES: &[Family] = &[
         |s| s.frames_sent as f64,
     ),
     (
+        "frames_sent_direct_total",
+        "counter",
+        "Frames of short event hand-outs written with a direct send rather than a ring write (also in frames_sent_total).",
+        |s| s.frames_sent_direct as f64,
+    ),
+    (
         "bytes_sent_total",
         "counter",
         "Frame bytes written to streams.",
@@ -643,6 +649,12 @@ const FAMILIES: &[Family] = &[
         "counter",
         "Published events queued on channel streams (one per stream reached).",
         |s| s.events_delivered as f64,
+    ),
+    (
+        "event_handouts_total",
+        "counter",
+        "Times a core took published events from its inbox and handed them out (several can go at once, see --publish-batch).",
+        |s| s.event_handouts as f64,
     ),
     (
         "events_replayed_total",

@@ -283,6 +283,12 @@ async fn write_frame(key: Key, mut stream: TcpStream, frame: Bytes) -> Done {
     }
 }
 
+/// Most ready channel streams a hand-out writes with direct sends rather than ring writes
+/// (`Subs::write_direct`). A ring write pays for its future, submission and completion, which
+/// a batch of hundreds amortises and a handful does not; large hand-outs (a busy channel, a
+/// heartbeat walk) keep the ring's bounded batches.
+const DIRECT_MAX: usize = 64;
+
 /// What woke the core loop between ticks.
 enum Wake {
     Tick,
@@ -310,6 +316,8 @@ pub struct Walker {
     walks: std::cell::Cell<u32>,
     /// How long a full batch may wait for a completion before the walk widens it.
     stall: Duration,
+    /// `--publish-batch`: how long the inbox rests after a hand-out.
+    batch: Duration,
 }
 
 impl Walker {
@@ -333,6 +341,7 @@ impl Walker {
             walks: std::cell::Cell::new(0),
             stall: (clock.interval() / 8)
                 .clamp(Duration::from_millis(1), Duration::from_millis(20)),
+            batch: cfg.publish_batch,
         }
     }
 
@@ -359,6 +368,12 @@ impl Walker {
         let heartbeat_frame = Bytes::from_static(HEARTBEAT);
         let mut heartbeat = self.heartbeat.map(|d| Box::pin(monoio::time::sleep(d)));
         let mut inbox_open = true;
+        // After a hand-out the inbox rests for `--publish-batch`: it is not polled, so the hub's
+        // sends do not wake this core (the waker was used up by the wake that started the
+        // hand-out), and what arrives meanwhile is taken in one go when the rest ends. An event
+        // after a quiet spell still wakes the core at once.
+        let mut rest = std::pin::pin!(monoio::time::sleep(Duration::ZERO));
+        let mut resting = false;
         loop {
             let (mut tick, wait) = self.clock.next_after(SystemTime::now());
             if let Some((last, at)) = last_tick {
@@ -376,7 +391,10 @@ impl Walker {
                             return Poll::Ready(Wake::Heartbeat);
                         }
                     }
-                    if inbox_open {
+                    if resting && rest.as_mut().poll(cx).is_ready() {
+                        resting = false;
+                    }
+                    if inbox_open && !resting {
                         match inbox.events.poll_next_unpin(cx) {
                             Poll::Ready(Some(ev)) => return Poll::Ready(Wake::Event(ev)),
                             Poll::Ready(None) => return Poll::Ready(Wake::InboxClosed),
@@ -411,6 +429,7 @@ impl Walker {
                         self.subs.heartbeat(&heartbeat_frame);
                     }
                     Wake::Event(ev) => {
+                        self.stats.inc(&self.stats.event_handouts);
                         inbox.took();
                         self.subs.deliver(&ev);
                         // Take what else has arrived before starting writes: one batch of
@@ -421,6 +440,11 @@ impl Walker {
                             };
                             inbox.took();
                             self.subs.deliver(&ev);
+                        }
+                        if !self.batch.is_zero() {
+                            rest.as_mut()
+                                .reset(monoio::time::Instant::now() + self.batch);
+                            resting = true;
                         }
                     }
                     Wake::InboxClosed => inbox_open = false,
@@ -491,12 +515,14 @@ impl Walker {
     }
 
     /// Starts the writes of every channel stream that has a frame waiting, at most
-    /// `max_inflight` more than are in flight now, waiting for completions in between.
+    /// `max_inflight` more than are in flight now, waiting for completions in between. A short
+    /// hand-out (at most [`DIRECT_MAX`] streams ready) is first written with direct sends.
     async fn pump<F, M>(&self, inflight: &mut FuturesUnordered<F>, make: M)
     where
         F: Future<Output = Done>,
         M: Fn(Key, TcpStream, Bytes) -> F,
     {
+        self.subs.write_direct(DIRECT_MAX);
         let mut limit = inflight.len() + self.max_inflight;
         loop {
             while inflight.len() < limit {

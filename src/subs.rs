@@ -493,6 +493,54 @@ impl Subs {
         !self.ready.borrow().is_empty()
     }
 
+    /// Writes the ready frames with direct non-blocking `send`s when at most `max` streams are
+    /// ready; returns how many frames went whole. A few frames cost less this way than through
+    /// the ring: no write future, no submission, no completion to collect (bench/publish.sh's
+    /// `many` case, a core handing out about ten frames per event, measured it). What does not
+    /// go whole (a full send buffer, a partial send, an error) stays ready, with the rest of
+    /// its frame in front, for a ring write, whose completion or error is then handled as
+    /// always. Only parked sockets are written: never one with a write in flight.
+    pub fn write_direct(&self, max: usize) -> usize {
+        if self.ready.borrow().len() > max {
+            return 0;
+        }
+        let mut slab = self.slab.borrow_mut();
+        let mut ready = self.ready.borrow_mut();
+        let mut for_ring = Vec::new();
+        let mut sent = 0;
+        while let Some(key) = ready.pop_front() {
+            let Some(sub) = slab.get_mut(key) else {
+                continue;
+            };
+            if !sub.ready || sub.stream.is_none() || sub.state != Abort::Open || sub.held {
+                // Stale, in flight, closing or held: `next_write` sorts these out.
+                for_ring.push(key);
+                continue;
+            }
+            while let Some(frame) = sub.queue.pop_front() {
+                let n = net::try_send(sub.fd, &frame);
+                sub.queued -= n;
+                sub.replay_left = sub.replay_left.saturating_sub(n);
+                if n < frame.len() {
+                    sub.queue.push_front(frame.slice(n..));
+                    break;
+                }
+                sent += 1;
+                self.stats.inc(&self.stats.frames_sent);
+                self.stats.inc(&self.stats.frames_sent_direct);
+                self.stats.add(&self.stats.bytes_sent, n as u64);
+                sub.skips = 0;
+            }
+            if sub.queue.is_empty() {
+                sub.ready = false;
+            } else {
+                for_ring.push(key);
+            }
+        }
+        ready.extend(for_ring);
+        sent
+    }
+
     /// The next write to start: (key, socket, frame). Streams closed meanwhile are removed here.
     pub fn next_write(&self) -> Option<(usize, TcpStream, Bytes)> {
         let mut slab = self.slab.borrow_mut();

@@ -25,6 +25,7 @@ both_drivers!(
     a_non_reading_channel_stream_is_closed_at_its_queue_limit,
     publishing_needs_the_token_when_one_is_set,
     bad_subscribe_and_publish_requests_get_their_status,
+    back_to_back_events_are_handed_out_together_and_written_directly,
 );
 
 fn subscribe_publish_round_trip(driver: &str) {
@@ -338,6 +339,34 @@ fn a_non_reading_channel_stream_is_closed_at_its_queue_limit(driver: &str) {
     assert_eq!(reader.next_event().id.unwrap(), id);
     assert_eq!(metric(&server, "channel_streams_open"), 1.0);
     drop(stalled);
+}
+
+/// `--publish-batch`: events that arrive while a core's inbox rests after a hand-out are all
+/// delivered, in order, and taken together (fewer hand-outs than events); a hand-out to a few
+/// streams goes out with direct sends rather than ring writes.
+fn back_to_back_events_are_handed_out_together_and_written_directly(driver: &str) {
+    let server = TestServer::start(driver, &["--publish-batch", "1s"]);
+    let mut s = Sub::open(server.addr, "channel=burst", None);
+    s.position();
+    let ids: Vec<String> = (0..20)
+        .map(|i| publish_ok(&server, "channel=burst", &format!("e{i}")))
+        .collect();
+    let got: Vec<String> = (0..20).map(|_| s.next_event().id.unwrap()).collect();
+    assert_eq!(got, ids, "every event, in order, none twice");
+    // Every core takes every event. Without the rest, 20 events published one after another
+    // would mostly be 20 hand-outs per core; with a 1 s rest, only publishes slower than 50 ms
+    // each could keep it above 10 per core.
+    let workers = series(&admin_get(&server, "/metrics"), "ringcast_workers_running");
+    let handouts = metric(&server, "event_handouts_total");
+    assert!(handouts >= 1.0, "the stream's core handed the events out");
+    assert!(
+        handouts <= 10.0 * workers,
+        "{handouts} hand-outs for 20 events on {workers} cores"
+    );
+    assert!(
+        metric(&server, "frames_sent_direct_total") >= 20.0,
+        "the events to one stream went out with direct sends"
+    );
 }
 
 fn publishing_needs_the_token_when_one_is_set(driver: &str) {
