@@ -494,20 +494,19 @@ impl Subs {
     }
 
     /// Writes the ready frames with direct non-blocking `send`s when at most `max` streams are
-    /// ready; returns how many frames went whole. A few frames cost less this way than through
+    /// ready. A few frames cost less this way than through
     /// the ring: no write future, no submission, no completion to collect (bench/publish.sh's
     /// `many` case, a core handing out about ten frames per event, measured it). What does not
     /// go whole (a full send buffer, a partial send, an error) stays ready, with the rest of
     /// its frame in front, for a ring write, whose completion or error is then handled as
     /// always. Only parked sockets are written: never one with a write in flight.
-    pub fn write_direct(&self, max: usize) -> usize {
+    pub fn write_direct(&self, max: usize) {
         if self.ready.borrow().len() > max {
-            return 0;
+            return;
         }
         let mut slab = self.slab.borrow_mut();
         let mut ready = self.ready.borrow_mut();
         let mut for_ring = Vec::new();
-        let mut sent = 0;
         while let Some(key) = ready.pop_front() {
             let Some(sub) = slab.get_mut(key) else {
                 continue;
@@ -525,7 +524,6 @@ impl Subs {
                     sub.queue.push_front(frame.slice(n..));
                     break;
                 }
-                sent += 1;
                 self.stats.inc(&self.stats.frames_sent);
                 self.stats.inc(&self.stats.frames_sent_direct);
                 self.stats.add(&self.stats.bytes_sent, n as u64);
@@ -538,7 +536,6 @@ impl Subs {
             }
         }
         ready.extend(for_ring);
-        sent
     }
 
     /// The next write to start: (key, socket, frame). Streams closed meanwhile are removed here.
