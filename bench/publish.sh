@@ -6,7 +6,9 @@
 # Each round runs, each against a fresh server, measured by ringcast-loadgen (--server-pid) plus
 # a sidecar that samples the server's whole process tree and the ksoftirqd threads over the
 # loadgen's measuring window:
-#   tick     ringcast uring, N tick streams (the reference: CPU per tick frame, fan-out spread)
+#   tick     ringcast uring, N tick streams (the reference: CPU per tick frame, fan-out spread);
+#            and bench/floor (plain send() per stream per tick): the kernel's own cost per frame
+#            on this host, so that every server's CPU per frame can be read against it
 #   one      N streams on 1 channel, 1 event/s           (ringcast uring; nchan)
 #   many     N streams over 1,000 channels, 1,000 events/s in total (ringcast uring; nchan)
 # then, once:
@@ -17,7 +19,7 @@
 # RESULTS/README.md (medians of same-round ratios). Every step has a time limit.
 #
 # Usage: bench/publish.sh [--connections N] [--rounds R] [--duration D] [--warmup W]
-#                         [--servers "uring nchan"] [--results DIR] [--no-build]
+#                         [--servers "floor uring nchan"] [--results DIR] [--no-build]
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -27,7 +29,7 @@ rounds=3
 duration=30s
 warmup=6s
 rate=2000
-servers="uring nchan"
+servers="floor uring nchan"
 results=$root/results/publish
 build=1
 while [ $# -gt 0 ]; do
@@ -53,7 +55,7 @@ say() { printf '\n== %s\n' "$*"; }
 cd "$root"
 if [ $build = 1 ]; then
     say "building release"
-    timeout 1800 cargo build --release -p ringcast -p ringcast-loadgen
+    timeout 1800 cargo build --release -p ringcast -p ringcast-loadgen -p ringcast-floor
 fi
 target_dir=$(cargo metadata --format-version 1 --no-deps 2>/dev/null |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
@@ -93,6 +95,7 @@ start_server() {
     case $label in
         uring) server_cmd="$bin/ringcast --listen 127.0.0.1:$port --admin-listen 127.0.0.1:$admin --driver uring $*" ;;
         nchan) server_cmd="$bench/nchan/start-channels.sh $port $admin $(nproc) 127.0.0.1" ;;
+        floor) server_cmd="$bin/ringcast-floor --listen 127.0.0.1:$port --interval 2s --workers $(nproc)" ;;
     esac
     $server_cmd > "$log" 2>&1 &
     server_pid=$!
@@ -148,7 +151,8 @@ run_case() {
 for round in $(seq "$rounds"); do
     for case in tick one many; do
         for label in $servers; do
-            [ "$case" = tick ] && [ "$label" != uring ] && continue
+            # the tick case is ringcast's and the floor's; the floor has no channels
+            case $case:$label in tick:uring|tick:floor|one:uring|one:nchan|many:uring|many:nchan) ;; *) continue ;; esac
             say "round $round: $case, $label, $n streams"
             start_server "$label" || continue
             run_case "$round" "$case" "$label"
