@@ -14,7 +14,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -200,6 +200,52 @@ fn serve_page(mut conn: TcpStream) -> std::io::Result<()> {
 
 static ONE_BROWSER: Mutex<()> = Mutex::new(());
 
+/// Starts chromedriver on a port of its choosing and returns it with that port.
+///
+/// With `--port=0`, chromedriver takes a free port on one address family and then binds the
+/// same number on the other; when another test's connection holds that number there, it says
+/// "IPv4 port not available. Exiting..." and quits. That is a lost race, not a broken driver,
+/// so it is started again (a few times, each time saying so).
+fn start_chromedriver(chromedriver: &Path) -> (ChildLines, u16) {
+    const ATTEMPTS: usize = 5;
+    for attempt in 1..=ATTEMPTS {
+        // Its own process group, for drop to stop; Chromium moves to groups of its own, and
+        // `Browser`'s drop finds those processes by the profile directory instead.
+        let driver = ChildLines::spawn(
+            Command::new(chromedriver)
+                .arg("--port=0")
+                .stderr(Stdio::null())
+                .process_group(0),
+        );
+        // Several browser tests start their chromedriver and Chromium at once on two loaded
+        // cores: give the start-up more room than a single step gets.
+        let started = driver.wait_until(PATIENCE * 3, |lines| {
+            lines.iter().find_map(|l| {
+                if l.contains("port not available") {
+                    return Some(None);
+                }
+                l.split("started successfully on port ")
+                    .nth(1)?
+                    .trim_end_matches('.')
+                    .parse()
+                    .ok()
+                    .map(Some)
+            })
+        });
+        match started {
+            Some(Some(port)) => return (driver, port),
+            Some(None) if attempt < ATTEMPTS => {
+                eprintln!(
+                    "chromedriver lost the race for its port (attempt {attempt}): {:?}",
+                    driver.lines()
+                );
+            }
+            _ => panic!("chromedriver did not start: {:?}", driver.lines()),
+        }
+    }
+    unreachable!()
+}
+
 /// Headless Chromium under chromedriver, with a fresh profile; all of it is stopped on drop.
 struct Browser {
     client: Option<Client>,
@@ -233,28 +279,7 @@ impl Browser {
         let _ = std::fs::remove_dir_all(&profile);
         std::fs::create_dir_all(&profile).unwrap();
 
-        // Its own process group, for drop to stop; Chromium moves to groups of its own, and drop
-        // finds those processes by the profile directory instead.
-        let driver = ChildLines::spawn(
-            Command::new(chromedriver)
-                .arg("--port=0")
-                .stderr(Stdio::null())
-                .process_group(0),
-        );
-        // Several browser tests start their chromedriver and Chromium at once on two loaded
-        // cores: give the start-up more room than a single step gets.
-        let port: u16 = driver
-            .wait_until(PATIENCE * 3, |lines| {
-                lines.iter().find_map(|l| {
-                    l.split("started successfully on port ")
-                        .nth(1)?
-                        .trim_end_matches('.')
-                        .parse()
-                        .ok()
-                })
-            })
-            .unwrap_or_else(|| panic!("chromedriver did not start: {:?}", driver.lines()));
-
+        let (driver, port) = start_chromedriver(&chromedriver);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
