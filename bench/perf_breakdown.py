@@ -8,7 +8,10 @@ stack (`sendto`, `io_uring_enter`, `epoll_wait`, ...), or `user` when it was in 
 no system call below it, or `kernel (no syscall)` for interrupts and softirqs that landed on the
 thread. Shares are of all the server's samples; given the loadgen's CPU per delivered frame
 (`--us-per-frame`), each share is also turned into microseconds per frame, so two cases (one
-channel, 1,000 channels) can be compared part by part.
+channel, 1,000 channels) can be compared part by part. A last row per thread counts the samples,
+in any part, that were waking a loopback reader (`sock_def_readable` on the stack): the kernel
+charges the receiving side's processing to the sender on loopback, and that wake-up depends on
+how the reader sleeps, not on the server.
 
 Usage: perf script -F comm,ip,sym,dso -i perf.data | perf_breakdown.py --label CASE
            [--us-per-frame X] [--top N] [--json OUT]
@@ -20,6 +23,9 @@ import json
 import re
 import sys
 
+# A TCP socket's data-ready callback: on loopback the sender runs the receiver's side too, and
+# this is where it wakes the reading task (an IPI when that task sleeps on another CPU).
+WAKE = "sock_def_readable"
 SYSCALL = re.compile(r"^(?:__x64_sys_|__do_sys_|__se_sys_|__ia32_sys_)(\w+)")
 
 
@@ -48,7 +54,8 @@ def samples(lines):
         else:
             parts = line.split(None, 1)
             if len(parts) > 1:
-                frames.append((parts[1].strip().split("+")[0], "[kernel.kallsyms]" in parts[1]))
+                sym, _, dso = parts[1].strip().rpartition(" (")
+                frames.append((sym.split("+")[0], dso.startswith("[kernel")))
     if comm is not None:
         yield comm, frames
 
@@ -74,10 +81,13 @@ def main(argv):
 
     by_thread = collections.Counter()
     by_cat = collections.defaultdict(collections.Counter)
+    waking = collections.Counter()
     for comm, frames in samples(sys.stdin):
         g = thread_group(comm)
         by_thread[g] += 1
         by_cat[g][category(frames)] += 1
+        if any(sym == WAKE for sym, _ in frames):
+            waking[g] += 1
     total = sum(by_thread.values())
     if total == 0:
         print(f"perf_breakdown: no samples for {a.label}", file=sys.stderr)
@@ -93,7 +103,7 @@ def main(argv):
     print("|---|---|---|---|")
     for g, n in by_thread.most_common():
         parts = by_cat[g].most_common()
-        out["threads"][g] = {"samples": n, "parts": dict(parts)}
+        out["threads"][g] = {"samples": n, "parts": dict(parts), "waking_reader": waking[g]}
         u = us(n)
         print(f"| {g} | all | {100 * n / total:.1f} % | {'' if u is None else f'{u:.2f}'} |")
         shown = parts[: a.top]
@@ -101,6 +111,12 @@ def main(argv):
         for cat, c in shown + ([("(rest)", rest)] if rest else []):
             u = us(c)
             print(f"| | {cat} | {100 * c / total:.1f} % | {'' if u is None else f'{u:.2f}'} |")
+        if waking[g]:
+            u = us(waking[g])
+            print(
+                f"| | of all these: waking a reader (`{WAKE}` on the stack) | "
+                f"{100 * waking[g] / total:.1f} % | {'' if u is None else f'{u:.2f}'} |"
+            )
     print()
     if a.json:
         with open(a.json, "w") as f:

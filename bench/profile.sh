@@ -15,8 +15,11 @@
 # perf's own overhead is in the window's CPU figure (a few per cent at -F 1999); compare the cases
 # of one run with each other, not with publish.sh's figures. Needs perf (linux-perf).
 #
+# --server-args adds ringcast flags (e.g. "--publish-batch 50ms") to every case; the report names
+# them, with the hand-out and direct-send counters the server ended with.
+#
 # Usage: bench/profile.sh [--cases "one many"] [--connections N] [--seconds S] [--results DIR]
-#                         [--no-build]
+#                         [--server-args "FLAGS"] [--no-build]
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -28,12 +31,14 @@ rate=2000
 warmup=6
 results=$root/results/publish/profile
 build=1
+server_args=
 while [ $# -gt 0 ]; do
     case $1 in
         --cases) cases=$2; shift ;;
         --connections) n=$2; shift ;;
         --seconds) seconds=$2; shift ;;
         --results) results=$2; shift ;;
+        --server-args) server_args=$2; shift ;;
         --no-build) build=0 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "profile.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -73,7 +78,7 @@ trap stop_server EXIT
 {
     echo "# Where the server's CPU goes: bench/profile.sh, run $tag"
     echo
-    echo "Commit \`$commit\`, kernel $(uname -r), $(nproc) cores, ringcast \`--driver uring\`, $n streams,"
+    echo "Commit \`$commit\`, kernel $(uname -r), $(nproc) cores, ringcast \`--driver uring${server_args:+ $server_args}\`, $n streams,"
     echo "\`perf record -F 1999 -g\` on the server for ${seconds} s inside each case's window. *µs per frame* is"
     echo "the part's share of the samples times the server's CPU per delivered frame that the loadgen"
     echo "measured over its window (perf running). The parts are the outermost system call on a"
@@ -85,8 +90,9 @@ trap stop_server EXIT
 for c in $cases; do
     port=$(probe free-port)
     admin=$(probe free-port)
+    # shellcheck disable=SC2086 # the extra flags are words
     "$bin/ringcast" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" --driver uring \
-        > "$work/server-$c.log" 2>&1 &
+        $server_args > "$work/server-$c.log" 2>&1 &
     server_pid=$!
     for _ in $(seq 100); do grep -q "listening on http://" "$work/server-$c.log" && break; sleep 0.1; done
     grep -q "listening on http://" "$work/server-$c.log" ||
@@ -109,11 +115,15 @@ for c in $cases; do
     wait "$lg" || { echo "profile.sh: loadgen failed:" >&2; cat "$work/lg-$c.err" >&2; exit 1; }
     grep -E "^(events|publish:|server)" "$work/lg-$c.out" | sed 's/^/  /'
     us=$(sed -n 's/^server (pid [0-9]*): .* \([0-9.]*\) us CPU per event.*/\1/p' "$work/lg-$c.out")
+    counters=$(curl -s "http://127.0.0.1:$admin/metrics" |
+        sed -n 's/^ringcast_\(event_handouts_total\|frames_sent_direct_total\|events_published_total\)\({worker="total"}\)\{0,1\} /\1 /p' |
+        paste -sd, - | sed 's/,/, /g')
     stop_server
     perf script -i "$work/perf-$c.data" -F comm,ip,sym,dso 2> /dev/null |
         python3 "$bench/perf_breakdown.py" --label "$c" ${us:+--us-per-frame "$us"} \
             --json "$outdir/$tag-profile-$c.json" >> "$report"
     grep -E "^(events|publish:)" "$work/lg-$c.out" | sed 's/^/    /' >> "$report"
+    echo "    server counters at the end: ${counters:-none}" >> "$report"
     echo >> "$report"
 done
 rm -rf "$work"
