@@ -1,5 +1,5 @@
-//! The admin listener: `POST /publish`, and `/metrics` (Prometheus text format), `/healthz` and
-//! `/info` (JSON).
+//! The admin listener: `POST /publish` and `POST /publish/batch`, and `/metrics` (Prometheus text
+//! format), `/healthz` and `/info` (JSON).
 //!
 //! It runs on its own thread with its own small monoio runtime (epoll: a handful of connections
 //! does not need a ring), away from the workers: publishing hands events to the workers through
@@ -28,6 +28,7 @@ use monoio::net::{TcpListener, TcpStream};
 
 use crate::config::{Config, Cors};
 use crate::engine::{self, Engine};
+use crate::event::EventId;
 use crate::hub::{Hub, PublishError};
 use crate::metrics::{HistogramSnapshot, Snapshot, WorkerStats, BUCKETS_US};
 use crate::net::FdLimit;
@@ -340,7 +341,8 @@ async fn answer(
     state: &State,
 ) -> (Vec<u8>, bool) {
     let close = head.close;
-    if head.path == "/publish" {
+    let batch = head.path == "/publish/batch";
+    if head.path == "/publish" || batch {
         state
             .counters
             .publish_requests
@@ -380,9 +382,16 @@ async fn answer(
             let (reply, close) = refuse(Refusal::Unauthorized, close);
             return skip_body(conn, buf, &head, deadline, reply, close).await;
         }
-        if head.content_length > cfg.max_event_bytes {
+        let too_large = if batch {
+            let max = publish::batch_body_limit(cfg.max_event_bytes);
+            (head.content_length > max).then_some(Refusal::BatchTooLarge(max))
+        } else {
+            (head.content_length > cfg.max_event_bytes)
+                .then_some(Refusal::TooLarge(cfg.max_event_bytes))
+        };
+        if let Some(r) = too_large {
             // The body is not read: answer and close.
-            return refuse(Refusal::TooLarge(cfg.max_event_bytes), true);
+            return refuse(r, true);
         }
         let end = head.head_len + head.content_length;
         if !fill(conn, buf, end, deadline).await {
@@ -393,63 +402,53 @@ async fn answer(
             max_channels: cfg.max_channels,
             max_event_bytes: cfg.max_event_bytes,
         };
-        let checked = publish::check(head.query.as_bytes(), &buf[head.head_len..end], limits);
+        let body = &buf[head.head_len..end];
+        let checked = if batch {
+            publish::check_batch(body, limits)
+        } else {
+            publish::check(head.query.as_bytes(), body, limits).map(|p| vec![p])
+        };
         buf.drain(..end);
-        let publish::Publish {
-            channels,
-            event,
-            data,
-        } = match checked {
-            Ok(p) => p,
+        let events = match checked {
+            Ok(events) => events,
             Err(r) => return refuse(r, close),
         };
-        let published = match &state.engine {
-            None => state
-                .hub
-                .publish(channels.clone(), &event, &data)
-                .map_err(|e| match e {
-                    PublishError::Overloaded => "the workers cannot keep up; retry shortly".into(),
-                    PublishError::ShuttingDown | PublishError::NotLocal => {
-                        "the server is shutting down".to_owned()
-                    }
-                }),
-            Some(engine) => {
-                // The event and its data move to the writer; only the channel names are kept,
-                // for the answer.
-                let answer = engine.publish(channels.clone(), event, data);
-                match answer.await {
-                    Ok(Ok(id)) => Ok(id),
-                    Ok(Err(engine::PublishError::Unavailable(why))) => {
-                        Err(format!("the event store (redis) is unavailable: {why}"))
-                    }
-                    Err(_) => Err("the server is shutting down".into()),
+        // The answer to a single publish names its channels; a batch's lists the ids in order.
+        let single_channels = (!batch).then(|| events[0].channels.clone());
+        let published = publish_events(state, events).await;
+        let body = match (&published, single_channels) {
+            (Ok(ids), Some(channels)) => {
+                serde_json::json!({ "id": ids[0].to_string(), "channels": channels })
+            }
+            (Ok(ids), None) => serde_json::json!({
+                "ids": ids.iter().map(|id| id.to_string()).collect::<Vec<_>>()
+            }),
+            (Err((why, ids)), _) => {
+                state.counters.refused(503);
+                let mut body = serde_json::json!({ "error": why });
+                if batch {
+                    // In cluster mode a batch can fail part-way: say which events were taken.
+                    body["ids"] = ids.iter().map(|id| id.to_string()).collect();
                 }
+                body
             }
         };
+        let body = body.to_string() + "\n";
         return match published {
-            Ok(id) => {
-                let body = serde_json::json!({ "id": id.to_string(), "channels": channels })
-                    .to_string()
-                    + "\n";
-                (
-                    response(201, "application/json", &[], body.as_bytes(), close),
+            Ok(_) => (
+                response(201, "application/json", &[], body.as_bytes(), close),
+                close,
+            ),
+            Err(_) => (
+                response(
+                    503,
+                    "application/json",
+                    &[("Retry-After", "1")],
+                    body.as_bytes(),
                     close,
-                )
-            }
-            Err(why) => {
-                state.counters.refused(503);
-                let body = serde_json::json!({ "error": why }).to_string() + "\n";
-                (
-                    response(
-                        503,
-                        "application/json",
-                        &[("Retry-After", "1")],
-                        body.as_bytes(),
-                        close,
-                    ),
-                    close,
-                )
-            }
+                ),
+                close,
+            ),
         };
     }
     if head.method != "GET" && head.method != "HEAD" {
@@ -490,6 +489,44 @@ async fn answer(
 /// `/healthz`: 200 while every worker runs (the streams are served), 503 otherwise; the JSON
 /// also says what the engine is doing, which does not change the status: a node whose Redis is
 /// down still serves its streams, ticks and heartbeats.
+/// Publishes checked events in order: through the hub (all or none), or through the engine
+/// (Redis) one after another, all queued before the first answer is awaited so that they go
+/// out in one pipeline. On failure: why, and the ids of the events taken before it.
+async fn publish_events(
+    state: &State,
+    events: Vec<publish::Publish>,
+) -> Result<Vec<EventId>, (String, Vec<EventId>)> {
+    let Some(engine) = &state.engine else {
+        return state.hub.publish_batch(events).map_err(|e| {
+            let why = match e {
+                PublishError::Overloaded => "the workers cannot keep up; retry shortly",
+                PublishError::ShuttingDown | PublishError::NotLocal => {
+                    "the server is shutting down"
+                }
+            };
+            (why.to_owned(), Vec::new())
+        });
+    };
+    let answers: Vec<_> = events
+        .into_iter()
+        .map(|p| engine.publish(p.channels, p.event, p.data))
+        .collect();
+    let mut ids = Vec::with_capacity(answers.len());
+    for answer in answers {
+        match answer.await {
+            Ok(Ok(id)) => ids.push(id),
+            Ok(Err(engine::PublishError::Unavailable(why))) => {
+                return Err((
+                    format!("the event store (redis) is unavailable: {why}"),
+                    ids,
+                ))
+            }
+            Err(_) => return Err(("the server is shutting down".into(), ids)),
+        }
+    }
+    Ok(ids)
+}
+
 fn healthz(state: &State) -> (u16, &'static str, String) {
     let alive = state.alive.load(Ordering::Acquire);
     let total = state.workers.len();

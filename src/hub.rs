@@ -19,6 +19,7 @@ use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use crate::event::{unix_ms, Event, EventId};
 use crate::history::{History, Limits, Replay};
+use crate::publish::Publish;
 
 /// Where event ids come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,15 +132,47 @@ impl Hub {
         data: &str,
     ) -> Result<EventId, PublishError> {
         let mut st = self.lock();
-        if st.inboxes.iter().any(|(_, d)| d.load(Relaxed) >= MAX_INBOX) {
+        self.room_for(&st, 1)?;
+        self.sequence_locked(&mut st, channels, event, data)
+    }
+
+    /// Publishes `events` together, in order, under one lock: every one is taken or none is
+    /// (the inboxes are checked for room for all of them first). Returns their ids.
+    pub fn publish_batch(&self, events: Vec<Publish>) -> Result<Vec<EventId>, PublishError> {
+        let mut st = self.lock();
+        self.room_for(&st, events.len())?;
+        events
+            .into_iter()
+            .map(|p| self.sequence_locked(&mut st, p.channels, &p.event, &p.data))
+            .collect()
+    }
+
+    /// `Overloaded` unless every core's inbox can take `n` more events within [`MAX_INBOX`];
+    /// `NotLocal` when an engine assigns the ids.
+    fn room_for(&self, st: &State, n: usize) -> Result<(), PublishError> {
+        if self.sequencer != Sequencer::Local {
+            return Err(PublishError::NotLocal);
+        }
+        if st
+            .inboxes
+            .iter()
+            .any(|(_, d)| d.load(Relaxed) + n > MAX_INBOX)
+        {
             return Err(PublishError::Overloaded);
         }
-        let id = match self.sequencer {
-            Sequencer::Local => st.last.next_at(unix_ms(SystemTime::now())),
-            Sequencer::Engine => return Err(PublishError::NotLocal),
-        };
+        Ok(())
+    }
+
+    fn sequence_locked(
+        &self,
+        st: &mut State,
+        channels: Box<[Box<str>]>,
+        event: &str,
+        data: &str,
+    ) -> Result<EventId, PublishError> {
+        let id = st.last.next_at(unix_ms(SystemTime::now()));
         let ev = Arc::new(Event::new(id, channels, event, data));
-        self.ingest_locked(&mut st, ev)?;
+        self.ingest_locked(st, ev)?;
         Ok(id)
     }
 

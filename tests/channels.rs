@@ -2,7 +2,8 @@
 //! subscribe and publish round trips, one event on several channels delivered once, strictly
 //! increasing ids, tick streams unchanged, heartbeats, Last-Event-ID replay across a disconnect,
 //! eviction answered with `ringcast-reset`, replay racing a publisher, a non-reading channel
-//! stream closed at its queue limit while the others keep receiving, auth, and every bad input.
+//! stream closed at its queue limit while the others keep receiving, auth, every bad input, and
+//! batches (`POST /publish/batch`): in order, all or nothing.
 
 mod common;
 
@@ -26,6 +27,8 @@ both_drivers!(
     publishing_needs_the_token_when_one_is_set,
     bad_subscribe_and_publish_requests_get_their_status,
     back_to_back_events_are_handed_out_together_and_written_directly,
+    a_batch_is_published_in_order_in_one_request,
+    a_bad_batch_publishes_nothing,
 );
 
 fn subscribe_publish_round_trip(driver: &str) {
@@ -373,6 +376,127 @@ fn back_to_back_events_are_handed_out_together_and_written_directly(driver: &str
     assert!(
         metric(&server, "frames_sent_direct_total") >= 20.0,
         "the events to one stream went out with direct sends"
+    );
+}
+
+fn a_batch_is_published_in_order_in_one_request(driver: &str) {
+    let server = TestServer::start(driver, &[]);
+    let admin = server.admin.unwrap();
+    let mut a = Sub::open(server.addr, "channel=a", None);
+    let mut both = Sub::open(server.addr, "channel=a&channel=b", None);
+    a.position();
+    let before = both.position();
+    let before_requests = series(
+        &admin_get(&server, "/metrics"),
+        "ringcast_publish_requests_total",
+    );
+    let (status, body) = publish_batch(
+        admin,
+        r#"[{"channel": "a", "data": "one"},
+            {"channels": ["b"], "event": "score", "data": "2\n3"},
+            {"channels": ["a", "b"], "data": "four"}]"#,
+        "",
+    );
+    assert_eq!(status, 201, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let ids: Vec<String> = v["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 3, "{body}");
+    assert!(id_key(&ids[0]) > id_key(&before));
+    for w in ids.windows(2) {
+        assert!(id_key(&w[1]) > id_key(&w[0]), "{w:?}");
+    }
+    // Each stream gets the events on its channels, in the batch's order, once.
+    let got: Vec<_> = (0..3).map(|_| both.next_event()).collect();
+    let seen: Vec<_> = got
+        .iter()
+        .map(|e| (e.id.clone().unwrap(), e.event.clone(), e.data.clone()))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (ids[0].clone(), Some("message".into()), vec!["one".into()]),
+            (
+                ids[1].clone(),
+                Some("score".into()),
+                vec!["2".into(), "3".into()]
+            ),
+            (ids[2].clone(), Some("message".into()), vec!["four".into()]),
+        ]
+    );
+    let got: Vec<String> = (0..2).map(|_| a.next_event().id.unwrap()).collect();
+    assert_eq!(got, vec![ids[0].clone(), ids[2].clone()]);
+    // One request, three events.
+    let metrics = admin_get(&server, "/metrics");
+    assert_eq!(series(&metrics, "ringcast_events_published_total"), 3.0);
+    assert_eq!(
+        series(&metrics, "ringcast_publish_requests_total"),
+        before_requests + 1.0
+    );
+    // A stream that comes back with the first id is replayed the rest from the history.
+    let mut again = Sub::open(server.addr, "channel=a&channel=b", Some(&ids[0]));
+    let got: Vec<String> = (0..2).map(|_| again.next_event().id.unwrap()).collect();
+    assert_eq!(got, vec![ids[1].clone(), ids[2].clone()]);
+}
+
+fn a_bad_batch_publishes_nothing(driver: &str) {
+    let server = TestServer::start(
+        driver,
+        &["--publish-token", "s3cret", "--max-event-bytes", "1KiB"],
+    );
+    let admin = server.admin.unwrap();
+    let auth = "Authorization: Bearer s3cret\r\n";
+    let ok = r#"{"channel": "a", "data": "x"}"#;
+    let (status, body) = publish_batch(admin, &format!("[{ok}]"), "");
+    assert_eq!(status, 401, "{body}");
+    for (batch, status, says) in [
+        ("[".to_owned(), 400, "not JSON"),
+        ("[]".to_owned(), 400, "1 to 1000 events"),
+        (
+            format!("[{ok}, {{\"channel\": \"a b\", \"data\": \"x\"}}]"),
+            400,
+            "event 1: invalid channel name",
+        ),
+        (
+            format!("[{ok}, {ok}, {{\"chanel\": \"a\", \"data\": \"x\"}}]"),
+            400,
+            "event 2: unknown field",
+        ),
+        (
+            format!(
+                "[{ok}, {{\"channel\": \"a\", \"data\": \"{}\"}}]",
+                "x".repeat(1025)
+            ),
+            413,
+            "over 1024 bytes",
+        ),
+    ] {
+        let (got, body) = publish_batch(admin, &batch, auth);
+        assert_eq!(got, status, "{batch}: {body}");
+        assert!(body.contains(says), "{batch}: {body}");
+    }
+    let resp = request(admin, b"GET /publish/batch HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert!(resp.starts_with("HTTP/1.1 405 "), "{resp}");
+    assert_eq!(
+        series(
+            &admin_get(&server, "/metrics"),
+            "ringcast_events_published_total"
+        ),
+        0.0
+    );
+    // The listener is still there, and a good batch after the bad ones goes through.
+    let (status, body) = publish_batch(admin, &format!("[{ok}, {ok}]"), auth);
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        series(
+            &admin_get(&server, "/metrics"),
+            "ringcast_events_published_total"
+        ),
+        2.0
     );
 }
 

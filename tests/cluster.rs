@@ -2,7 +2,7 @@
 //! unless the test needs it): several nodes share one event stream; a node killed mid-run loses
 //! nothing for clients that move to another; a Redis restart with its data loses nothing, one
 //! without it is announced with `ringcast-reset`; a node started before Redis serves its streams
-//! and joins when Redis comes up.
+//! and joins when Redis comes up; a batch published on one node reaches the others in order.
 
 mod common;
 
@@ -116,6 +116,49 @@ fn three_nodes_deliver_every_event_once_in_order() {
     for n in &nodes {
         assert_eq!(gauge(n, "engine_events_read_total"), 62.0);
     }
+}
+
+#[test]
+fn a_batch_published_on_one_node_reaches_another_in_order() {
+    let test = "a_batch_published_on_one_node_reaches_another_in_order";
+    let Some(redis) = RedisServer::start(test, false) else {
+        return;
+    };
+    let (a, b) = (node(&redis, &[]), node(&redis, &[]));
+    wait_engine(&a, true);
+    wait_engine(&b, true);
+    let mut sub = Sub::open(b.addr, "channel=x&channel=y", None);
+    sub.position();
+    let (status, body) = publish_batch(
+        a.admin.unwrap(),
+        r#"[{"channel": "x", "data": "1"}, {"channel": "y", "event": "t", "data": "2"},
+            {"channels": ["x", "y"], "data": "3"}]"#,
+        "",
+    );
+    assert_eq!(status, 201, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let ids: Vec<String> = v["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 3, "{body}");
+    let got: Vec<_> = (0..3).map(|_| sub.next_event()).collect();
+    let seen: Vec<_> = got
+        .iter()
+        .map(|e| (e.id.clone().unwrap(), e.data.clone()))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (ids[0].clone(), vec!["1".to_owned()]),
+            (ids[1].clone(), vec!["2".to_owned()]),
+            (ids[2].clone(), vec!["3".to_owned()]),
+        ]
+    );
+    assert_eq!(got[1].event.as_deref(), Some("t"));
+    assert_eq!(gauge(&b, "engine_events_read_total"), 3.0);
 }
 
 /// What a follower ends with: its channel, its start position, the ids it received, and how

@@ -1,5 +1,6 @@
 //! The publish path: any bytes as an admin request, through the head parser, the token check and
-//! the publish checks, and, when they pass, through the hub into the history.
+//! the publish checks (a single publish, or a JSON batch on `/publish/batch`), and, when they
+//! pass, through the hub into the history.
 //!
 //! Nothing may panic; a publish that passes must come out of the hub as a frame that an SSE
 //! parser reads back as the same event type and the same data (line ends normalised to LF), with
@@ -72,31 +73,47 @@ fuzz_target!(|input: &[u8]| {
         max_channels: 32,
         max_event_bytes: 4096,
     };
-    let p = match publish::check(head.query.as_bytes(), body, limits) {
-        Ok(p) => p,
-        Err(Refusal::TooLarge(_)) => {
-            assert!(body.len() > 4096);
-            return;
+    // `/publish/batch` takes a JSON array of events; anything else is a single publish.
+    let events = if head.path == "/publish/batch" {
+        match publish::check_batch(body, limits) {
+            Ok(events) => events,
+            Err(Refusal::TooLarge(_)) | Err(Refusal::BatchTooLarge(_)) => return,
+            Err(r) => {
+                assert_eq!(r.status(), 400);
+                return;
+            }
         }
-        Err(r) => {
-            assert!(matches!(r.status(), 400 | 401 | 411));
-            return;
+    } else {
+        match publish::check(head.query.as_bytes(), body, limits) {
+            Ok(p) => vec![p],
+            Err(Refusal::TooLarge(_)) => {
+                assert!(body.len() > 4096);
+                return;
+            }
+            Err(r) => {
+                assert!(matches!(r.status(), 400 | 401 | 411));
+                return;
+            }
         }
     };
     let before = hub.last_id();
-    let id = hub.publish(p.channels.clone(), &p.event, &p.data).expect("published");
-    assert!(id > before);
-    // Drain the inbox so it does not grow; the frame is the event's.
-    let ev = loop {
-        match inboxes.lock().unwrap()[0].try_take() {
-            Some(ev) if ev.id == id => break ev,
-            Some(_) => {}
-            None => panic!("event {id} never reached the core's inbox"),
-        }
-    };
-    let (got_id, ty, data) = read_back(&ev.frame);
-    assert_eq!(got_id, id.to_string());
-    assert_eq!(ty, p.event);
-    let normalised = p.data.replace("\r\n", "\n").replace('\r', "\n");
-    assert_eq!(data, normalised);
+    let ids = hub.publish_batch(events.clone()).expect("published");
+    assert_eq!(ids.len(), events.len());
+    assert!(ids[0] > before);
+    assert!(ids.windows(2).all(|w| w[1] > w[0]), "{ids:?}");
+    for (p, id) in events.iter().zip(ids) {
+        // Drain the inbox so it does not grow; the frame is the event's.
+        let ev = loop {
+            match inboxes.lock().unwrap()[0].try_take() {
+                Some(ev) if ev.id == id => break ev,
+                Some(_) => {}
+                None => panic!("event {id} never reached the core's inbox"),
+            }
+        };
+        let (got_id, ty, data) = read_back(&ev.frame);
+        assert_eq!(got_id, id.to_string());
+        assert_eq!(ty, p.event);
+        let normalised = p.data.replace("\r\n", "\n").replace('\r', "\n");
+        assert_eq!(data, normalised);
+    }
 });

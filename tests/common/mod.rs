@@ -750,6 +750,15 @@ pub fn publish(server: &TestServer, query: &str, data: &str) -> (u16, String) {
     publish_raw(admin, raw.as_bytes())
 }
 
+/// POST /publish/batch with `body` (JSON) and extra head lines: (status, body).
+pub fn publish_batch(admin: SocketAddr, body: &str, extra: &str) -> (u16, String) {
+    let raw = format!(
+        "POST /publish/batch HTTP/1.1\r\nHost: admin\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    publish_raw(admin, raw.as_bytes())
+}
+
 /// Publishes and returns the id the server gave.
 pub fn publish_ok(server: &TestServer, query: &str, data: &str) -> String {
     let (status, body) = publish(server, query, data);
