@@ -138,6 +138,12 @@ pub struct RunArgs {
     /// Keep-alive connections (one thread each) that publish.
     #[arg(long, value_name = "P", default_value_t = 4)]
     pub publishers: usize,
+    /// Send N consecutive events per request, as the JSON array of ringcast's
+    /// `POST /publish/batch` (point --publish at it); a batch goes when its last event is due.
+    /// 1: one event per request, with `?channel=cN`.
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "publish",
+          value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub publish_batch: u64,
     /// Sent as `Authorization: Bearer T` with every publish (not stored in the result).
     #[arg(long, value_name = "T", requires = "publish")]
     #[serde(serialize_with = "redacted")]

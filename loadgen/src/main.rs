@@ -310,6 +310,7 @@ fn run(args: RunArgs) -> Result<(), String> {
             target,
             rate: args.publish_rate,
             publishers: args.publishers,
+            batch: args.publish_batch,
             token: args.publish_token.clone(),
             timestamp_in_data: args.timestamp_in_data,
             start: ramp_end,

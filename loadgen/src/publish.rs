@@ -7,6 +7,10 @@
 //! goes into the channel's list for the subscribers' accounting; other answers are counted
 //! by status and not retried.
 //!
+//! With `--publish-batch N`, a publisher takes N consecutive events at once and sends them as
+//! one JSON array (`[{"channel": "cN", "data": "…"}, …]`, ringcast's `POST /publish/batch`)
+//! when the last of them is due; the answer's `ids` are matched to the events in order.
+//!
 //! Plain blocking sockets on their own threads: a few requests per millisecond at most,
 //! kept away from the cores that hold the streams.
 
@@ -32,6 +36,8 @@ pub struct PublishPlan {
     pub target: Target,
     pub rate: f64,
     pub publishers: usize,
+    /// Events per request (1: a plain publish with `?channel=`; more: a JSON batch).
+    pub batch: u64,
     pub token: Option<String>,
     /// Write the send time (unix µs) at the start of the data.
     pub timestamp_in_data: bool,
@@ -60,9 +66,28 @@ impl PublishPlan {
 /// The request for one event.
 pub fn request(target: &Target, channel: &str, body: &[u8], token: Option<&str>) -> Vec<u8> {
     let path = http::with_query(&target.path, "channel", channel);
+    post(&path, &target.host, "text/plain", body, token)
+}
+
+/// The request for several events, (channel, data) each, as one JSON batch.
+pub fn batch_request(target: &Target, events: &[(&str, String)], token: Option<&str>) -> Vec<u8> {
+    let items: Vec<serde_json::Value> = events
+        .iter()
+        .map(|(channel, data)| serde_json::json!({ "channel": channel, "data": data }))
+        .collect();
+    let body = serde_json::Value::Array(items).to_string();
+    post(
+        &target.path,
+        &target.host,
+        "application/json",
+        body.as_bytes(),
+        token,
+    )
+}
+
+fn post(path: &str, host: &str, content_type: &str, body: &[u8], token: Option<&str>) -> Vec<u8> {
     let mut req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n",
-        target.host,
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n",
         body.len()
     );
     if let Some(token) = token {
@@ -104,8 +129,8 @@ pub fn timestamp_of(data: &str) -> Option<u64> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
     pub status: u16,
-    /// The `id` of a JSON body (`{"id":"<ms>-<seq>","channels":[...]}`).
-    pub id: Option<String>,
+    /// The `id` of a JSON body (`{"id":"<ms>-<seq>","channels":[...]}`), or a batch's `ids`.
+    pub ids: Vec<String>,
     /// The server will close the connection after it.
     pub close: bool,
 }
@@ -171,10 +196,22 @@ fn parse_answer_head(buf: &[u8]) -> Result<Option<(usize, u16, Framing, bool)>, 
     Ok(Some((len, status, framing, close)))
 }
 
-/// The `id` of a JSON answer body.
-pub fn answer_id(body: &[u8]) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    Some(v.get("id")?.as_str()?.to_string())
+/// The ids of a JSON answer body: its `id`, or its `ids` in order (a batch); none otherwise.
+pub fn answer_ids(body: &[u8]) -> Vec<String> {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Vec::new();
+    };
+    if let Some(id) = v.get("id").and_then(|id| id.as_str()) {
+        return vec![id.to_owned()];
+    }
+    v.get("ids")
+        .and_then(|ids| ids.as_array())
+        .map(|ids| {
+            ids.iter()
+                .filter_map(|id| id.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// One keep-alive connection to the publish endpoint.
@@ -282,7 +319,7 @@ impl Client {
         }
         Ok(Answer {
             status,
-            id: answer_id(&body),
+            ids: answer_ids(&body),
             close,
         })
     }
@@ -377,8 +414,12 @@ fn publisher(
     let mut client = Client::new(plan.target.addr, plan.timeout);
     let count = channels.len().max(1) as u64;
     loop {
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        let Some(due) = plan.due(i).filter(|d| *d < plan.end) else {
+        // Events first..first + n; the request goes when the last of them is due.
+        let first = next.fetch_add(plan.batch, Ordering::Relaxed);
+        let n = (0..plan.batch)
+            .take_while(|k| plan.due(first + k).is_some_and(|d| d < plan.end))
+            .count() as u64;
+        let Some(due) = n.checked_sub(1).and_then(|last| plan.due(first + last)) else {
             break;
         };
         loop {
@@ -395,34 +436,47 @@ fn publisher(
         if Instant::now() >= plan.end {
             break;
         }
-        let channel = (i % count) as usize;
-        let req = request(
-            &plan.target,
-            &channels.names[channel],
-            body(i, plan.timestamp_in_data).as_bytes(),
-            plan.token.as_deref(),
-        );
+        let events: Vec<(usize, String)> = (first..first + n)
+            .map(|i| ((i % count) as usize, body(i, plan.timestamp_in_data)))
+            .collect();
+        let req = if plan.batch == 1 {
+            let (channel, data) = &events[0];
+            request(
+                &plan.target,
+                &channels.names[*channel],
+                data.as_bytes(),
+                plan.token.as_deref(),
+            )
+        } else {
+            let named: Vec<(&str, String)> = events
+                .iter()
+                .map(|(channel, data)| (channels.names[*channel].as_str(), data.clone()))
+                .collect();
+            batch_request(&plan.target, &named, plan.token.as_deref())
+        };
         let sent = Instant::now();
         let outcome = client.post(&req);
         let done = Instant::now();
+        let mut with_ids = 0;
         if let Ok(answer) = &outcome {
             if (200..300).contains(&answer.status) {
-                channels.published_ok.fetch_add(1, Ordering::Relaxed);
-                if let Some(id) = answer.id.as_deref().and_then(EventId::parse) {
-                    channels.record(channel, id);
+                channels.published_ok.fetch_add(n, Ordering::Relaxed);
+                for ((channel, _), id) in events.iter().zip(&answer.ids) {
+                    if let Some(id) = EventId::parse(id) {
+                        channels.record(*channel, id);
+                        with_ids += 1;
+                    }
                 }
             }
         }
         let mut rec = recorder.lock().unwrap_or_else(|e| e.into_inner());
         let rec = &mut *rec;
         let c = &mut rec.counters;
-        c.publish_attempted += 1;
+        c.publish_attempted += n;
         match outcome {
             Ok(answer) if (200..300).contains(&answer.status) => {
-                c.published_ok += 1;
-                if answer.id.as_deref().and_then(EventId::parse).is_none() {
-                    c.published_without_id += 1;
-                }
+                c.published_ok += n;
+                c.published_without_id += n - with_ids;
                 if due >= plan.measure_from {
                     record(&mut rec.histograms.publish_request, micros(done - due));
                     record(&mut rec.histograms.publish_send, micros(done - sent));
@@ -431,9 +485,9 @@ fn publisher(
             Ok(answer) => {
                 *c.publish_errors
                     .entry(answer.status.to_string())
-                    .or_default() += 1;
+                    .or_default() += n;
             }
-            Err(kind) => *c.publish_errors.entry(kind.to_string()).or_default() += 1,
+            Err(kind) => *c.publish_errors.entry(kind.to_string()).or_default() += n,
         }
     }
 }
@@ -466,6 +520,27 @@ mod tests {
     }
 
     #[test]
+    fn batch_requests_are_a_json_array_in_order() {
+        let t = Target::parse("http://127.0.0.1:9090/publish/batch").unwrap();
+        let r = String::from_utf8(batch_request(
+            &t,
+            &[("c0", "e0".into()), ("c1", "e\"1".into())],
+            Some("s3cret"),
+        ))
+        .unwrap();
+        assert!(r.starts_with("POST /publish/batch HTTP/1.1\r\n"), "{r}");
+        assert!(r.contains("\r\nContent-Type: application/json\r\n"));
+        assert!(r.contains("\r\nAuthorization: Bearer s3cret\r\n"));
+        let body = r.split_once("\r\n\r\n").unwrap().1;
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!([{"channel": "c0", "data": "e0"}, {"channel": "c1", "data": "e\"1"}])
+        );
+        assert!(r.contains(&format!("\r\nContent-Length: {}\r\n", body.len())));
+    }
+
+    #[test]
     fn bodies_and_timestamps() {
         assert_eq!(body(12, false), "e12");
         let b = body(12, true);
@@ -486,6 +561,7 @@ mod tests {
             target: Target::parse("http://127.0.0.1:1/").unwrap(),
             rate: 4.0,
             publishers: 1,
+            batch: 1,
             token: None,
             timestamp_in_data: false,
             start,
@@ -517,11 +593,12 @@ mod tests {
         assert!(parse_answer_head(unframed).unwrap().unwrap().3);
         assert!(parse_answer_head(b"nonsense\r\n\r\n").is_err());
         assert_eq!(
-            answer_id(br#"{"id":"1764500000123-4","channels":["c1"]}"#).as_deref(),
-            Some("1764500000123-4")
+            answer_ids(br#"{"id":"1764500000123-4","channels":["c1"]}"#),
+            vec!["1764500000123-4"]
         );
-        assert_eq!(answer_id(b"queued messages: 1"), None);
-        assert_eq!(answer_id(br#"{"channels":["c1"]}"#), None);
+        assert_eq!(answer_ids(br#"{"ids":["5-1","5-2"]}"#), vec!["5-1", "5-2"]);
+        assert!(answer_ids(b"queued messages: 1").is_empty());
+        assert!(answer_ids(br#"{"channels":["c1"]}"#).is_empty());
     }
 
     fn serve(answers: Vec<&'static str>) -> (SocketAddr, std::thread::JoinHandle<Vec<String>>) {
@@ -551,11 +628,11 @@ mod tests {
         let t = Target::parse(&format!("http://{addr}/publish")).unwrap();
         let mut c = Client::new(addr, Duration::from_secs(10));
         let a = c.post(&request(&t, "c0", b"x", None)).unwrap();
-        assert_eq!((a.status, a.id.as_deref()), (201, Some("5-1")));
+        assert_eq!((a.status, a.ids), (201, vec!["5-1".to_owned()]));
         let a = c.post(&request(&t, "c1", b"y", None)).unwrap();
-        assert_eq!((a.status, a.id.as_deref()), (201, Some("5-2")));
+        assert_eq!((a.status, a.ids), (201, vec!["5-2".to_owned()]));
         let a = c.post(&request(&t, "c2", b"z", None)).unwrap();
-        assert_eq!((a.status, a.id), (429, None));
+        assert_eq!((a.status, a.ids), (429, Vec::<String>::new()));
         let requests = server.join().unwrap();
         assert_eq!(requests.len(), 3, "one connection for all three");
         assert!(requests[1].starts_with("POST /publish?channel=c1 "));
@@ -585,7 +662,7 @@ mod tests {
         // Whether the close reaches the client before or after it sends (EOF or a reset),
         // the second request goes out again on a new connection.
         let a = c.post(&request(&t, "c0", b"b", None)).unwrap();
-        assert_eq!(a.id.as_deref(), Some("1-1"));
+        assert_eq!(a.ids, vec!["1-1"]);
         server.join().unwrap();
         // a refused connection is an error, not retried
         let mut c = Client::new(addr, Duration::from_secs(10));

@@ -1,8 +1,9 @@
 //! End-to-end tests against the real `ringcast` server of this workspace, started on
 //! port 0 with a short interval (250 ms for 2,000 streams: at 100 ms two debug builds
 //! sharing two cores can fall behind, and the server then rightly skips ticks), and a
-//! publish run (200 streams on 5 channels, 50 events/s through the admin `POST /publish`,
-//! every stream reconnecting each second) that must see every event exactly once, and a
+//! publish run (200 streams on 5 channels, 50 events/s through the admin `POST /publish`, and
+//! again in batches of 10 through `POST /publish/batch`, every stream reconnecting each second)
+//! that must see every event exactly once, and a
 //! failover run: two nodes in cluster mode on a real `redis-server` (started here on a free
 //! port, persistence off), one SIGKILLed mid-hold while publishing goes on through the
 //! other, whose streams must all come back on the survivor with nothing missed or repeated.
@@ -121,20 +122,41 @@ fn two_thousand_streams_get_every_event() {
 
 #[test]
 fn published_events_reach_every_subscriber_once_across_reconnects() {
-    let test = "published_events_reach_every_subscriber_once_across_reconnects";
+    published_events_reach_every_subscriber_once(
+        "published_events_reach_every_subscriber_once_across_reconnects",
+        1,
+    );
+}
+
+#[test]
+fn batched_events_reach_every_subscriber_once_across_reconnects() {
+    published_events_reach_every_subscriber_once(
+        "batched_events_reach_every_subscriber_once_across_reconnects",
+        10,
+    );
+}
+
+/// The publish run, with `batch` events per request (more than 1: `POST /publish/batch`).
+fn published_events_reach_every_subscriber_once(test: &str, batch: u64) {
     let Some(bin) = server_or_skip(test) else {
         return;
     };
     let _serial = serial();
     let server = Ringcast::start(&bin, 0, &["--workers", "2"]);
-    let Some(publish) = server.publish_url() else {
+    let Some(mut publish) = server.publish_url() else {
         eprintln!("{test}: skipped, this ringcast build has no publish API");
         return;
     };
+    if batch > 1 {
+        publish.push_str("/batch");
+    }
+    let batch = batch.to_string();
     let pid = server.pid().to_string();
     let url = format!("{}events", server.url());
     let (r, stdout) = run_loadgen(
         &[
+            "--publish-batch",
+            &batch,
             "--url",
             &url,
             "-c",
