@@ -16,10 +16,12 @@
 # of one run with each other, not with publish.sh's figures. Needs perf (linux-perf).
 #
 # --server-args adds ringcast flags (e.g. "--publish-batch 50ms") to every case; the report names
-# them, with the hand-out and direct-send counters the server ended with.
+# them, with the hand-out and direct-send counters the server ended with. --events-per-request N
+# makes the loadgen publish N events per request through POST /publish/batch (the one and many
+# cases), as an application that batches would.
 #
 # Usage: bench/profile.sh [--cases "one many"] [--connections N] [--seconds S] [--results DIR]
-#                         [--server-args "FLAGS"] [--no-build]
+#                         [--server-args "FLAGS"] [--events-per-request N] [--no-build]
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -32,6 +34,7 @@ warmup=6
 results=$root/results/publish/profile
 build=1
 server_args=
+per_request=1
 while [ $# -gt 0 ]; do
     case $1 in
         --cases) cases=$2; shift ;;
@@ -39,6 +42,7 @@ while [ $# -gt 0 ]; do
         --seconds) seconds=$2; shift ;;
         --results) results=$2; shift ;;
         --server-args) server_args=$2; shift ;;
+        --events-per-request) per_request=$2; shift ;;
         --no-build) build=0 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "profile.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -79,6 +83,7 @@ trap stop_server EXIT
     echo "# Where the server's CPU goes: bench/profile.sh, run $tag"
     echo
     echo "Commit \`$commit\`, kernel $(uname -r), $(nproc) cores, ringcast \`--driver uring${server_args:+ $server_args}\`, $n streams,"
+    [ "$per_request" -gt 1 ] && echo "the loadgen publishing $per_request events per request (\`POST /publish/batch\`, \`--publish-batch $per_request\`),"
     echo "\`perf record -F 1999 -g\` on the server for ${seconds} s inside each case's window. *µs per frame* is"
     echo "the part's share of the samples times the server's CPU per delivered frame that the loadgen"
     echo "measured over its window (perf running). The parts are the outermost system call on a"
@@ -100,8 +105,10 @@ for c in $cases; do
     args=(--url "http://127.0.0.1:$port/")
     if [ "$c" != tick ]; then
         k=1; [ "$c" = many ] && k=1000
-        args=(--url "http://127.0.0.1:$port/events" --channels "$k"
-              --publish "http://127.0.0.1:$admin/publish" --publish-rate "$k")
+        publish="http://127.0.0.1:$admin/publish"
+        [ "$per_request" -gt 1 ] && publish="$publish/batch"
+        args=(--url "http://127.0.0.1:$port/events" --channels "$k" --publish "$publish"
+              --publish-rate "$k" --publish-batch "$per_request")
     fi
     duration=$(( seconds + 10 ))
     echo "== $c: loadgen ${duration}s window, perf ${seconds}s"
