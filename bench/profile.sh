@@ -129,7 +129,7 @@ for c in $cases; do
     perf script -i "$work/perf-$c.data" -F comm,ip,sym,dso 2> /dev/null |
         python3 "$bench/perf_breakdown.py" --label "$c" ${us:+--us-per-frame "$us"} \
             --json "$outdir/$tag-profile-$c.json" >> "$report"
-    grep -E "^(\(ms\) |gap |publish_delivery |publish_request |events|publish:)" "$work/lg-$c.out" |
+    grep -E "^(\(ms\) |gap |publish_delivery |publish_request |events|publish:|published events received)" "$work/lg-$c.out" |
         sed 's/^/    /' >> "$report"
     echo "    server counters at the end: ${counters:-none}" >> "$report"
     echo >> "$report"
