@@ -67,7 +67,7 @@ mkdir -p "$outdir"
 tag=$(date -u +%Y%m%dT%H%M%SZ)-$(hostname -s 2>/dev/null || hostname)
 work=$(mktemp -d /tmp/ringcast-profile.XXXXXX)
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-[ -n "$(git status --porcelain 2>/dev/null)" ] && commit="$commit (dirty)"
+[ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] && commit="$commit (dirty)"
 report=$outdir/$tag-profile.md
 
 server_pid=
