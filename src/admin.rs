@@ -426,9 +426,13 @@ async fn answer(
             (Err((why, ids)), _) => {
                 state.counters.refused(503);
                 let mut body = serde_json::json!({ "error": why });
-                if batch {
-                    // In cluster mode a batch can fail part-way: say which events were taken.
-                    body["ids"] = ids.iter().map(|id| id.to_string()).collect();
+                if batch && !ids.is_empty() {
+                    // In cluster mode a batch can fail part-way: per event, its id if it was
+                    // taken, null if not.
+                    body["ids"] = ids
+                        .iter()
+                        .map(|id| id.map_or(serde_json::Value::Null, |id| id.to_string().into()))
+                        .collect();
                 }
                 body
             }
@@ -486,16 +490,14 @@ async fn answer(
     skip_body(conn, buf, &head, deadline, reply, close).await
 }
 
-/// `/healthz`: 200 while every worker runs (the streams are served), 503 otherwise; the JSON
-/// also says what the engine is doing, which does not change the status: a node whose Redis is
-/// down still serves its streams, ticks and heartbeats.
 /// Publishes checked events in order: through the hub (all or none), or through the engine
-/// (Redis) one after another, all queued before the first answer is awaited so that they go
-/// out in one pipeline. On failure: why, and the ids of the events taken before it.
+/// (Redis), all queued before the first answer is awaited so that they go out in one pipeline.
+/// On failure: why (the first failure's reason), and per event its id if it was taken anyway
+/// (`None` if not), so that a client can tell what to publish again.
 async fn publish_events(
     state: &State,
     events: Vec<publish::Publish>,
-) -> Result<Vec<EventId>, (String, Vec<EventId>)> {
+) -> Result<Vec<EventId>, (String, Vec<Option<EventId>>)> {
     let Some(engine) = &state.engine else {
         return state.hub.publish_batch(events).map_err(|e| {
             let why = match e {
@@ -512,21 +514,32 @@ async fn publish_events(
         .map(|p| engine.publish(p.channels, p.event, p.data))
         .collect();
     let mut ids = Vec::with_capacity(answers.len());
+    let mut failure: Option<String> = None;
     for answer in answers {
-        match answer.await {
-            Ok(Ok(id)) => ids.push(id),
+        let id = match answer.await {
+            Ok(Ok(id)) => Some(id),
             Ok(Err(engine::PublishError::Unavailable(why))) => {
-                return Err((
-                    format!("the event store (redis) is unavailable: {why}"),
-                    ids,
-                ))
+                failure.get_or_insert_with(|| {
+                    format!("the event store (redis) is unavailable: {why}")
+                });
+                None
             }
-            Err(_) => return Err(("the server is shutting down".into(), ids)),
-        }
+            Err(_) => {
+                failure.get_or_insert_with(|| "the server is shutting down".into());
+                None
+            }
+        };
+        ids.push(id);
     }
-    Ok(ids)
+    match failure {
+        None => Ok(ids.into_iter().flatten().collect()),
+        Some(why) => Err((why, ids)),
+    }
 }
 
+/// `/healthz`: 200 while every worker runs (the streams are served), 503 otherwise; the JSON
+/// also says what the engine is doing, which does not change the status: a node whose Redis is
+/// down still serves its streams, ticks and heartbeats.
 fn healthz(state: &State) -> (u16, &'static str, String) {
     let alive = state.alive.load(Ordering::Acquire);
     let total = state.workers.len();

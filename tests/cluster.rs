@@ -159,6 +159,18 @@ fn a_batch_published_on_one_node_reaches_another_in_order() {
     );
     assert_eq!(got[1].event.as_deref(), Some("t"));
     assert_eq!(gauge(&b, "engine_events_read_total"), 3.0);
+    // Without Redis nothing is taken: a 503 whose ids say so, event by event.
+    drop(redis);
+    wait_engine(&a, false);
+    let (status, body) = publish_batch(
+        a.admin.unwrap(),
+        r#"[{"channel": "x", "data": "4"}, {"channel": "y", "data": "5"}]"#,
+        "",
+    );
+    assert_eq!(status, 503, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["ids"], serde_json::json!([null, null]), "{body}");
+    assert!(v["error"].as_str().unwrap().contains("redis"), "{body}");
 }
 
 /// What a follower ends with: its channel, its start position, the ids it received, and how
