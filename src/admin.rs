@@ -476,7 +476,7 @@ async fn answer(
         _ => (
             404,
             "text/plain",
-            "try /metrics, /healthz, /info or POST /publish\n".to_owned(),
+            "try /metrics, /healthz, /info, POST /publish or POST /publish/batch\n".to_owned(),
         ),
     };
     let mut reply = response(status, ctype, &[], body.as_bytes(), close);
