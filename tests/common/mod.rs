@@ -759,6 +759,19 @@ pub fn publish_batch(admin: SocketAddr, body: &str, extra: &str) -> (u16, String
     publish_raw(admin, raw.as_bytes())
 }
 
+/// POST /publish/batch that must be taken: the ids, in the batch's order.
+pub fn publish_batch_ok(admin: SocketAddr, body: &str) -> Vec<String> {
+    let (status, answer) = publish_batch(admin, body, "");
+    assert_eq!(status, 201, "{answer}");
+    let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    v["ids"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no ids: {answer}"))
+        .iter()
+        .map(|id| id.as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// Publishes and returns the id the server gave.
 pub fn publish_ok(server: &TestServer, query: &str, data: &str) -> String {
     let (status, body) = publish(server, query, data);
