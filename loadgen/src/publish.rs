@@ -70,7 +70,7 @@ pub fn request(target: &Target, channel: &str, body: &[u8], token: Option<&str>)
 }
 
 /// The request for several events, (channel, data) each, as one JSON batch.
-pub fn batch_request(target: &Target, events: &[(&str, String)], token: Option<&str>) -> Vec<u8> {
+pub fn batch_request(target: &Target, events: &[(&str, &str)], token: Option<&str>) -> Vec<u8> {
     let items: Vec<serde_json::Value> = events
         .iter()
         .map(|(channel, data)| serde_json::json!({ "channel": channel, "data": data }))
@@ -448,9 +448,9 @@ fn publisher(
                 plan.token.as_deref(),
             )
         } else {
-            let named: Vec<(&str, String)> = events
+            let named: Vec<(&str, &str)> = events
                 .iter()
-                .map(|(channel, data)| (channels.names[*channel].as_str(), data.clone()))
+                .map(|(channel, data)| (channels.names[*channel].as_str(), data.as_str()))
                 .collect();
             batch_request(&plan.target, &named, plan.token.as_deref())
         };
@@ -524,7 +524,7 @@ mod tests {
         let t = Target::parse("http://127.0.0.1:9090/publish/batch").unwrap();
         let r = String::from_utf8(batch_request(
             &t,
-            &[("c0", "e0".into()), ("c1", "e\"1".into())],
+            &[("c0", "e0"), ("c1", "e\"1")],
             Some("s3cret"),
         ))
         .unwrap();
